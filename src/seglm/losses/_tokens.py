@@ -1,0 +1,92 @@
+"""Shared plumbing for every loss: shape checks, valid-position selection, per-group layout.
+
+Ignored positions are *selected away* before any softmax, never multiplied by a mask, so their
+logits (even inf or NaN) cannot reach a value or a gradient (SPEC section 7, item 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Group = Literal["batch", "sequence"]
+GROUPS: tuple[str, ...] = ("batch", "sequence")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types; float64 stays float64 (gradient checks need it)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def connected_zero(logits: Tensor) -> Tensor:
+    """A finite 0 attached to the graph (an empty sum), so backward gives a zero gradient.
+
+    An empty slice is used rather than ``logits.sum() * 0``, which is NaN when an ignored logit is
+    inf or NaN. DDP needs the graph connected even when a micro-batch has nothing to learn from.
+    """
+    return logits.reshape(-1)[:0].to(compute_dtype(logits.dtype)).sum()
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+@dataclass
+class ValidTokens:
+    """The valid positions of a call, as rows of a 2-D float matrix."""
+
+    logits: Tensor  # [n, V] in the compute dtype
+    targets: Tensor  # [n] class ids
+    group_ids: Tensor  # [n] group index of each row, non-decreasing
+    num_groups: int
+
+
+def select_valid(logits: Tensor, targets: Tensor, ignore_index: int, group: str) -> ValidTokens:
+    """Flatten ``[N, V]`` or ``[B, T, V]`` logits and keep positions whose target is not ignored."""
+    check_choice("group", group, GROUPS)
+    if logits.dim() not in (2, 3):
+        raise ValueError(f"logits must be [N, V] or [B, T, V], got shape {tuple(logits.shape)}")
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"targets shape {tuple(targets.shape)} must equal the logits' leading shape "
+            f"{tuple(logits.shape[:-1])}"
+        )
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a float tensor, got {logits.dtype}")
+    if group == "sequence" and logits.dim() != 3:
+        raise ValueError('group="sequence" needs [B, T, V] logits (one group per row)')
+    vocab = logits.shape[-1]
+    flat_targets = targets.reshape(-1)
+    valid = flat_targets != ignore_index
+    if group == "sequence":
+        row_of_position = torch.arange(targets.shape[0], device=targets.device)
+        row_of_position = row_of_position.repeat_interleave(targets.shape[1])
+    else:
+        row_of_position = torch.zeros_like(flat_targets)
+    index = valid.nonzero().squeeze(1)
+    kept_targets = flat_targets.index_select(0, index)
+    if kept_targets.numel() and (kept_targets.min() < 0 or kept_targets.max() >= vocab):
+        raise ValueError(
+            f"targets must be in [0, {vocab}) or equal ignore_index={ignore_index}; "
+            f"got values in [{int(kept_targets.min())}, {int(kept_targets.max())}]"
+        )
+    flat_logits = logits.reshape(-1, vocab)
+    rows = (
+        flat_logits if index.numel() == flat_logits.shape[0] else flat_logits.index_select(0, index)
+    )
+    group_ids = row_of_position.index_select(0, index)
+    # Renumber groups densely: rows with no valid position do not form a group.
+    group_ids = torch.unique_consecutive(group_ids, return_inverse=True)[1]
+    num_groups = int(group_ids.max()) + 1 if group_ids.numel() else 0
+    return ValidTokens(rows.to(compute_dtype(logits.dtype)), kept_targets, group_ids, num_groups)
+
+
+def per_group_mean(values: Tensor, group_of_value: Tensor, num_groups: int) -> Tensor:
+    """Mean of ``values`` within each group, then mean over groups (each group counts once)."""
+    sums = values.new_zeros(num_groups).index_add(0, group_of_value, values)
+    counts = torch.bincount(group_of_value, minlength=num_groups).to(values.dtype)
+    return (sums / counts).mean()
