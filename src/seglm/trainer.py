@@ -1,0 +1,115 @@
+"""A transformers Trainer that optimises a seglm Objective.
+
+It computes the objective from the model's logits, the unshifted labels and the batch's
+``answer_mask``, counts label *and* answer tokens over each gradient-accumulation window (and
+across devices when the Trainer averages tokens across devices) so every token-mean term is exact,
+logs each component, and stops on a non-finite loss naming the step and the component.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from seglm.losses import ItemCounts, Objective
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised before the optimiser step, so the last saved checkpoint stays good."""
+
+
+def count_items(batches: list[dict[str, Any]], ignore_index: int = -100) -> ItemCounts | None:
+    """Shifted label and answer token counts of a list of micro-batches (the GA window)."""
+    if not batches or "labels" not in batches[0]:
+        return None
+    labels = answer = 0
+    for batch in batches:
+        supervised = batch["labels"][..., 1:] != ignore_index
+        labels = labels + supervised.sum()
+        mask = batch.get("answer_mask")
+        answer = answer + (supervised if mask is None else supervised & mask[..., 1:].bool()).sum()
+    return ItemCounts(labels=labels, answer=answer)
+
+
+class SegLMTrainer(Trainer):
+    """``Trainer(..., objective=Objective.from_spec("ce=0.6,lovasz=0.4"))``.
+
+    Batches carry ``labels`` (unshifted, -100 where no loss applies) and optionally
+    ``answer_mask``; without it the answer is every supervised label.
+    """
+
+    def __init__(self, *args: Any, objective: Objective | str, **kwargs: Any) -> None:
+        training_args = kwargs.get("args") or (args[1] if len(args) > 1 else None)
+        # Listing answer_mask as a label keeps remove_unused_columns from dropping it.
+        if training_args is not None and training_args.label_names is None:
+            training_args.label_names = ["labels", "answer_mask"]
+        super().__init__(*args, **kwargs)
+        self.objective = Objective.from_spec(objective) if isinstance(objective, str) else objective
+        # Our loss is normalised by the window's token counts: the Trainer must not divide by GA.
+        self.loss_is_scaled_for_ga = True
+        self._component_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        self._component_steps = 0
+
+    def get_batch_samples(self, *args: Any, **kwargs: Any) -> tuple[list, Any]:
+        batches, _ = super().get_batch_samples(*args, **kwargs)
+        counts = count_items(batches, self.objective.ignore_index)
+        if (
+            counts is not None
+            and self.args.average_tokens_across_devices
+            and self.args.world_size > 1
+        ):
+            device = self.args.device
+            stacked = torch.stack([torch.as_tensor(counts.labels), torch.as_tensor(counts.answer)])
+            total = self.accelerator.gather(stacked.to(device).reshape(1, 2)).sum(0)
+            counts = ItemCounts(labels=total[0], answer=total[1])
+        return batches, counts
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        answer_mask = inputs.pop("answer_mask", None)
+        outputs = model(**inputs)
+        result = self.objective(outputs.logits, labels, answer_mask, num_items_in_batch)
+        loss = result.loss
+        if not torch.isfinite(loss.detach()):
+            bad = [name for name, value in result.components.items() if not torch.isfinite(value)]
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.state.global_step + 1}: "
+                f"component(s) {', '.join(bad) or 'total'} = "
+                + ", ".join(f"{k}={float(v)}" for k, v in result.components.items())
+                + "; stopping before the optimiser step (the last checkpoint is intact)"
+            )
+        if model.training:
+            for name, value in result.components.items():
+                self._component_sums[name] = self._component_sums[name] + value.float().cpu()
+            self._component_steps += 1
+        if (
+            num_items_in_batch is not None
+            and self.args.average_tokens_across_devices
+            and self.accelerator.num_processes > 1
+        ):
+            # The Trainer averages gradients over processes; our loss already divides by the
+            # global token count, so undo that average.
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._component_steps and "loss" in logs:
+            names = sorted(self._component_sums)
+            means = torch.stack([self._component_sums[n] for n in names]) / self._component_steps
+            means = self.accelerator.reduce(means.to(self.args.device), reduction="mean")
+            logs.update(
+                {f"loss_{n}": round(float(v), 6) for n, v in zip(names, means, strict=True)}
+            )
+            self._component_sums.clear()
+            self._component_steps = 0
+        super().log(logs, *args, **kwargs)
