@@ -22,9 +22,10 @@ def main() -> None:
 
 def _register() -> None:
     # One line per command module; each module exposes ``register(app)``.
-    from seglm.commands import losses
+    from seglm.commands import losses, score
 
     losses.register(app)
+    score.register(app)
 
 
 _register()

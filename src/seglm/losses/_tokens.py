@@ -1,4 +1,4 @@
-"""Shared plumbing for every loss: shape checks, valid-position selection, per-group layout.
+"""Shared plumbing for every loss: shape checks, valid-position selection, group averaging.
 
 Ignored positions are *selected away* before any softmax, never multiplied by a mask, so their
 logits (even inf or NaN) cannot reach a value or a gradient (SPEC section 7, item 2).
@@ -35,18 +35,33 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
+def check_targets(targets: Tensor, vocab: int, ignore_index: int) -> None:
+    if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
+        raise ValueError(
+            f"targets must be in [0, {vocab}) or equal ignore_index={ignore_index}; "
+            f"got values in [{int(targets.min())}, {int(targets.max())}]"
+        )
+
+
+def dense_group_ids(group_of_token: Tensor) -> tuple[Tensor, int]:
+    """Renumber non-decreasing group labels 0..G-1, so groups without tokens do not count."""
+    group_ids = torch.unique_consecutive(group_of_token, return_inverse=True)[1]
+    return group_ids, int(group_ids.max()) + 1 if group_ids.numel() else 0
+
+
 @dataclass
 class ValidTokens:
-    """The valid positions of a call, as rows of a 2-D float matrix."""
+    """The valid positions of a call: row indices into the flattened ``[M, V]`` logits."""
 
-    logits: Tensor  # [n, V] in the compute dtype
-    targets: Tensor  # [n] class ids
-    group_ids: Tensor  # [n] group index of each row, non-decreasing
+    logits: Tensor  # [M, V] flattened view of the input (no copy)
+    rows: Tensor  # [n] rows whose target is not ignored
+    targets: Tensor  # [n]
+    group_ids: Tensor  # [n] group of each row, non-decreasing
     num_groups: int
 
 
 def select_valid(logits: Tensor, targets: Tensor, ignore_index: int, group: str) -> ValidTokens:
-    """Flatten ``[N, V]`` or ``[B, T, V]`` logits and keep positions whose target is not ignored."""
+    """Find the positions of ``[N, V]`` or ``[B, T, V]`` logits whose target is not ignored."""
     check_choice("group", group, GROUPS)
     if logits.dim() not in (2, 3):
         raise ValueError(f"logits must be [N, V] or [B, T, V], got shape {tuple(logits.shape)}")
@@ -59,30 +74,15 @@ def select_valid(logits: Tensor, targets: Tensor, ignore_index: int, group: str)
         raise TypeError(f"logits must be a float tensor, got {logits.dtype}")
     if group == "sequence" and logits.dim() != 3:
         raise ValueError('group="sequence" needs [B, T, V] logits (one group per row)')
-    vocab = logits.shape[-1]
     flat_targets = targets.reshape(-1)
-    valid = flat_targets != ignore_index
-    if group == "sequence":
-        row_of_position = torch.arange(targets.shape[0], device=targets.device)
-        row_of_position = row_of_position.repeat_interleave(targets.shape[1])
-    else:
-        row_of_position = torch.zeros_like(flat_targets)
-    index = valid.nonzero().squeeze(1)
-    kept_targets = flat_targets.index_select(0, index)
-    if kept_targets.numel() and (kept_targets.min() < 0 or kept_targets.max() >= vocab):
-        raise ValueError(
-            f"targets must be in [0, {vocab}) or equal ignore_index={ignore_index}; "
-            f"got values in [{int(kept_targets.min())}, {int(kept_targets.max())}]"
-        )
-    flat_logits = logits.reshape(-1, vocab)
-    rows = (
-        flat_logits if index.numel() == flat_logits.shape[0] else flat_logits.index_select(0, index)
+    rows = (flat_targets != ignore_index).nonzero().squeeze(1)
+    kept_targets = flat_targets.index_select(0, rows)
+    check_targets(kept_targets, logits.shape[-1], ignore_index)
+    sequence_of_row = rows // targets.shape[1] if group == "sequence" else torch.zeros_like(rows)
+    group_ids, num_groups = dense_group_ids(sequence_of_row)
+    return ValidTokens(
+        logits.reshape(-1, logits.shape[-1]), rows, kept_targets, group_ids, num_groups
     )
-    group_ids = row_of_position.index_select(0, index)
-    # Renumber groups densely: rows with no valid position do not form a group.
-    group_ids = torch.unique_consecutive(group_ids, return_inverse=True)[1]
-    num_groups = int(group_ids.max()) + 1 if group_ids.numel() else 0
-    return ValidTokens(rows.to(compute_dtype(logits.dtype)), kept_targets, group_ids, num_groups)
 
 
 def per_group_mean(values: Tensor, group_of_value: Tensor, num_groups: int) -> Tensor:

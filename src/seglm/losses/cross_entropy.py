@@ -5,25 +5,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._tokens import connected_zero, select_valid
+from ._statistics import row_statistics
+from ._tokens import select_valid
 
 
-def token_cross_entropy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-row cross-entropy and log-sum-exp of ``[n, V]`` logits (all rows valid).
+def valid_token_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+    """Per-token CE of the positions whose target is not ignored (``[n]``, maybe empty).
 
-    Returning the log-sum-exp lets the set losses reuse it instead of a second pass over V.
+    An empty result is still attached to ``logits``, so its ``.sum()`` is a connected zero.
     """
-    log_normalizer = torch.logsumexp(logits, dim=-1)
-    target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
-    return log_normalizer - target_logit, log_normalizer
+    tokens = select_valid(logits, targets, ignore_index, "batch")
+    return row_statistics(tokens.logits, tokens.rows, tokens.targets)[0]
+
+
+def target_complement(ce: Tensor) -> Tensor:
+    """1 - p_t from per-token CE, floored at the dtype's smallest normal number so that powers
+    below 1 (focal gamma, SADL alpha) keep a finite gradient where p_t rounds to 1."""
+    return (-torch.expm1(-ce)).clamp_min(torch.finfo(ce.dtype).tiny)
+
+
+def token_mean(values: Tensor) -> Tensor:
+    """Mean over tokens; 0 (still connected to the graph) when there are none."""
+    return values.mean() if values.numel() else values.sum()
 
 
 def cross_entropy_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
     """Mean token cross-entropy over positions whose target is not ``ignore_index``."""
-    tokens = select_valid(logits, targets, ignore_index, "batch")
-    if tokens.targets.numel() == 0:
-        return connected_zero(logits)
-    return token_cross_entropy(tokens.logits, tokens.targets)[0].mean()
+    return token_mean(valid_token_cross_entropy(logits, targets, ignore_index))
 
 
 class CrossEntropyLoss(nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._present import PresentClassProbs, present_class_probs
+from ._present import PresentClassProbs, present_class_statistics
 from ._tokens import GROUPS, check_choice, connected_zero, select_valid
-from .cross_entropy import token_cross_entropy
+from .cross_entropy import target_complement, token_mean, valid_token_cross_entropy
 
 WEIGHTINGS: tuple[str, ...] = ("square", "simple", "uniform")
 ABSENT_POLICIES: tuple[str, ...] = ("present", "max", "paper")
@@ -27,7 +27,7 @@ def self_adjusting_dice_from_cross_entropy(ce: Tensor, alpha: float, gamma: floa
             f"self-adjusting dice needs alpha >= 0 and gamma >= 0, got {alpha}, {gamma}"
         )
     p_t = torch.exp(-ce)
-    p_tilde = (-torch.expm1(-ce)).pow(alpha) * p_t if alpha else p_t
+    p_tilde = target_complement(ce).pow(alpha) * p_t if alpha else p_t
     return 1 - (2 * p_tilde + gamma) / (p_tilde + 1 + gamma)
 
 
@@ -39,11 +39,8 @@ def self_adjusting_dice_loss(
     ignore_index: int = -100,
 ) -> Tensor:
     """Mean self-adjusting dice loss over positions whose target is not ``ignore_index``."""
-    tokens = select_valid(logits, targets, ignore_index, "batch")
-    if tokens.targets.numel() == 0:
-        return connected_zero(logits)
-    ce, _ = token_cross_entropy(tokens.logits, tokens.targets)
-    return self_adjusting_dice_from_cross_entropy(ce, alpha, gamma).mean()
+    ce = valid_token_cross_entropy(logits, targets, ignore_index)
+    return token_mean(self_adjusting_dice_from_cross_entropy(ce, alpha, gamma))
 
 
 def _class_weights(counts: Tensor, weighting: str) -> Tensor:
@@ -63,14 +60,17 @@ def generalized_dice_from_probs(
     ``absent`` decides what the probability mass on classes absent from a group costs:
     ``present`` nothing, ``max`` the group's largest present-class weight (MONAI), ``paper`` the
     research code's weight 1/(0 + 1e-10)^w (which drowns the loss: GDL ~ 1, gradient ~ 0).
+    Absent mass is 1 - (present mass) per position, so masses below the compute dtype's
+    resolution (~1e-7 in float32) count as 0; that only matters under ``paper``'s 1e20 weight.
     """
     check_choice("weighting", weighting, WEIGHTINGS)
     check_choice("absent", absent, ABSENT_POLICIES)
-    counts = present.pair_count.to(present.probs.dtype)
+    layout = present.layout
+    counts = layout.pair_count.to(present.probs.dtype)
     weights = _class_weights(counts, weighting)
-    groups, pair_group = present.num_groups, present.pair_group
+    groups, pair_group = layout.num_groups, layout.pair_group
     prob_sum = present.probs.sum(1)
-    true_positive = (present.probs * present.foreground).sum(1)
+    true_positive = (present.probs * layout.foreground).sum(1)
 
     intersection = torch.zeros(groups, dtype=counts.dtype, device=counts.device)
     intersection = intersection.index_add(0, pair_group, weights * true_positive)
@@ -82,10 +82,13 @@ def generalized_dice_from_probs(
         ).index_add(0, pair_group, present.probs)
         width = present.probs.shape[1]
         positions = torch.arange(width, device=counts.device)
-        real_positions = positions < present.group_size.unsqueeze(1)
+        real_positions = positions < layout.group_size.unsqueeze(1)
         absent_mass = ((1 - present_mass).clamp_min(0) * real_positions).sum(1)
+        # With every class present, 1 - sum(present p) is rounding residue, not mass.
+        classes_in_group = torch.bincount(pair_group, minlength=groups)
+        absent_mass = absent_mass.masked_fill(classes_in_group == layout.vocab, 0)
         if absent == "max":
-            absent_weight = torch.zeros_like(intersection).index_reduce(
+            absent_weight = torch.zeros_like(intersection).scatter_reduce(
                 0, pair_group, weights, "amax", include_self=False
             )
         else:
@@ -93,6 +96,18 @@ def generalized_dice_from_probs(
         union = union + absent_weight * absent_mass
     loss = 1 - 2 * (intersection + smooth) / (union + smooth)
     return loss.mean()
+
+
+def valid_present_class_probs(
+    logits: Tensor, targets: Tensor, ignore_index: int, group: str
+) -> PresentClassProbs | None:
+    """Present-class probabilities of the valid positions, or None when all are ignored."""
+    tokens = select_valid(logits, targets, ignore_index, group)
+    if tokens.rows.numel() == 0:
+        return None
+    return present_class_statistics(
+        tokens.logits, tokens.rows, tokens.targets, tokens.group_ids, tokens.num_groups
+    )[2]
 
 
 def generalized_dice_loss(
@@ -108,13 +123,9 @@ def generalized_dice_loss(
     check_choice("group", group, GROUPS)
     check_choice("weighting", weighting, WEIGHTINGS)
     check_choice("absent", absent, ABSENT_POLICIES)
-    tokens = select_valid(logits, targets, ignore_index, group)
-    if tokens.targets.numel() == 0:
+    present = valid_present_class_probs(logits, targets, ignore_index, group)
+    if present is None:
         return connected_zero(logits)
-    log_normalizer = torch.logsumexp(tokens.logits, dim=-1)
-    present = present_class_probs(
-        tokens.logits, log_normalizer, tokens.targets, tokens.group_ids, tokens.num_groups
-    )
     return generalized_dice_from_probs(present, weighting, absent, smooth)
 
 

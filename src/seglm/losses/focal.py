@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from ._tokens import connected_zero, select_valid
-from .cross_entropy import token_cross_entropy
-
-# (1 - p_t) is floored here so that gamma < 1 keeps a finite gradient at p_t = 1; the loss value
-# changes by at most 1e-12**gamma * ce, far below float32 resolution of any real loss.
-_FLOOR = 1e-12
+from .cross_entropy import target_complement, token_mean, valid_token_cross_entropy
 
 
 def focal_from_cross_entropy(ce: Tensor, gamma: float) -> Tensor:
@@ -19,19 +13,15 @@ def focal_from_cross_entropy(ce: Tensor, gamma: float) -> Tensor:
         raise ValueError(f"focal gamma must be >= 0, got {gamma}")
     if gamma == 0:
         return ce
-    one_minus_pt = (-torch.expm1(-ce)).clamp_min(_FLOOR)
-    return one_minus_pt.pow(gamma) * ce
+    return target_complement(ce).pow(gamma) * ce
 
 
 def focal_loss(
     logits: Tensor, targets: Tensor, gamma: float = 2.0, ignore_index: int = -100
 ) -> Tensor:
     """Mean focal loss over positions whose target is not ``ignore_index``."""
-    tokens = select_valid(logits, targets, ignore_index, "batch")
-    if tokens.targets.numel() == 0:
-        return connected_zero(logits)
-    ce, _ = token_cross_entropy(tokens.logits, tokens.targets)
-    return focal_from_cross_entropy(ce, gamma).mean()
+    ce = valid_token_cross_entropy(logits, targets, ignore_index)
+    return token_mean(focal_from_cross_entropy(ce, gamma))
 
 
 class FocalLoss(nn.Module):

@@ -5,29 +5,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._present import PresentClassProbs, present_class_probs
-from ._tokens import GROUPS, check_choice, connected_zero, per_group_mean, select_valid
+from ._present import PresentClassProbs
+from ._tokens import GROUPS, check_choice, connected_zero, per_group_mean
+from .dice import valid_present_class_probs
 
 
 def lovasz_from_probs(present: PresentClassProbs) -> Tensor:
     """Lovász-Softmax from present-class probabilities: mean over classes, then over groups.
 
-    Every (group, class) row is sorted in one ``sort`` call; padding sorts last (error -1) and
-    so cannot change the Jaccard increments of real positions.
+    Every (group, class) row is sorted in one ``sort`` call. Padding gets error -1, so it sorts
+    last, cannot change the Jaccard increments of real positions, and is clamped to 0 after.
     """
-    errors = torch.where(present.foreground, 1 - present.probs, present.probs)
-    errors = errors.masked_fill(~present.real, -1.0)
-    errors_sorted, order = errors.sort(dim=1, descending=True)
-    foreground_sorted = present.foreground.gather(1, order).to(errors.dtype)
+    layout = present.layout
+    errors = torch.where(layout.foreground, 1 - present.probs, present.probs)
+    errors_sorted, order = errors.masked_fill(~layout.real, -1.0).sort(dim=1, descending=True)
     with torch.no_grad():
-        total = present.pair_count.to(errors.dtype).unsqueeze(1)
-        intersection = total - foreground_sorted.cumsum(1)
-        union = total + (1 - foreground_sorted).cumsum(1)
-        jaccard = 1 - intersection / union
-        increments = torch.diff(jaccard, dim=1, prepend=torch.zeros_like(jaccard[:, :1]))
-    real_sorted = present.real.gather(1, order)
-    per_class = (errors_sorted * increments * real_sorted).sum(1)
-    return per_group_mean(per_class, present.pair_group, present.num_groups)
+        # After j sorted positions of which F are foreground, the Jaccard loss of the class is
+        # 1 - (n - F) / (n + j - F) = j / (n + j - F); its increments weight the errors.
+        foreground_sorted = layout.foreground.gather(1, order).to(errors.dtype)
+        total = layout.pair_count.to(errors.dtype).unsqueeze(1)
+        position = torch.arange(1, errors.shape[1] + 1, dtype=errors.dtype, device=errors.device)
+        jaccard = position / (total + position - foreground_sorted.cumsum(1))
+        increments = torch.diff(jaccard, dim=1, prepend=jaccard.new_zeros(jaccard.shape[0], 1))
+    per_class = (errors_sorted.clamp_min(0) * increments).sum(1)
+    return per_group_mean(per_class, layout.pair_group, layout.num_groups)
 
 
 def lovasz_softmax_loss(
@@ -35,13 +36,9 @@ def lovasz_softmax_loss(
 ) -> Tensor:
     """Lovász-Softmax over the classes present in each group's targets."""
     check_choice("group", group, GROUPS)
-    tokens = select_valid(logits, targets, ignore_index, group)
-    if tokens.targets.numel() == 0:
+    present = valid_present_class_probs(logits, targets, ignore_index, group)
+    if present is None:
         return connected_zero(logits)
-    log_normalizer = torch.logsumexp(tokens.logits, dim=-1)
-    present = present_class_probs(
-        tokens.logits, log_normalizer, tokens.targets, tokens.group_ids, tokens.num_groups
-    )
     return lovasz_from_probs(present)
 
 

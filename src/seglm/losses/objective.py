@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._present import present_class_probs
-from ._tokens import GROUPS, check_choice, compute_dtype, connected_zero
-from .cross_entropy import token_cross_entropy
+from ._present import PresentClassProbs, present_class_layout, present_class_probs
+from ._statistics import row_statistics
+from ._tokens import GROUPS, check_choice, check_targets, connected_zero, dense_group_ids
+from .cross_entropy import token_mean
 from .dice import (
     ABSENT_POLICIES,
     WEIGHTINGS,
@@ -119,7 +120,12 @@ class Objective:
     ignore_index: int = -100
 
     def __post_init__(self) -> None:
-        weights = {canonical_loss_name(k): float(v) for k, v in dict(self.weights).items()}
+        weights: dict[str, float] = {}
+        for name, value in dict(self.weights).items():
+            key = canonical_loss_name(name)
+            if key in weights:
+                raise ValueError(f"weights: {name!r} is {key!r}, which appears twice")
+            weights[key] = float(value)
         for name, weight in weights.items():
             if not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {weight}")
@@ -181,82 +187,65 @@ class Objective:
                 )
             answer = F.pad(answer_mask.bool(), (0, 1), value=False)[:, 1:] & supervised
         vocab = logits.shape[-1]
-        uses_ce = "ce" in self.weights
         in_ce = supervised if self.ce_scope == "all" else answer
-        rows_mask = (in_ce | answer) if uses_ce else answer
-        row_index = rows_mask.reshape(-1).nonzero().squeeze(1)
+        rows_mask = (in_ce | answer) if "ce" in self.weights else answer
+        flat = logits.reshape(-1, vocab)
+        rows = rows_mask.reshape(-1).nonzero().squeeze(1)
+        row_targets = target.reshape(-1).index_select(0, rows)
+        check_targets(row_targets, vocab, ignore)
+        answer_of_row = answer.reshape(-1).index_select(0, rows).nonzero().squeeze(1)
 
-        zero = connected_zero(logits)
+        present_layout = None
+        pair_rows = pair_classes = None
+        if SET_LOSSES & self.weights.keys() and answer_of_row.numel():
+            answer_rows = rows.index_select(0, answer_of_row)
+            sequence_of_row = (
+                answer_rows // labels.shape[1]
+                if self.group == "sequence"
+                else torch.zeros_like(answer_rows)
+            )
+            group_ids, num_groups = dense_group_ids(sequence_of_row)
+            present_layout = present_class_layout(
+                row_targets.index_select(0, answer_of_row), group_ids, num_groups, vocab
+            )
+            pair_rows, pair_classes = answer_rows[present_layout.tokens], present_layout.pair_class
+        ce, log_normalizer, pair_logits = row_statistics(
+            flat, rows, row_targets, pair_rows, pair_classes
+        )
+        answer_ce = ce.index_select(0, answer_of_row)
+        present = (
+            None
+            if present_layout is None
+            else present_class_probs(
+                present_layout, pair_logits, log_normalizer.index_select(0, answer_of_row)
+            )
+        )
+
+        total = connected_zero(logits)
         components: dict[str, Tensor] = {}
-        total = zero
-        n_labels = supervised.sum()
-        n_answer = answer.sum()
-        if row_index.numel():
-            flat = logits.reshape(-1, vocab)
-            rows = flat if row_index.numel() == flat.shape[0] else flat.index_select(0, row_index)
-            rows = rows.to(compute_dtype(logits.dtype))
-            row_targets = target.reshape(-1).index_select(0, row_index)
-            if (row_targets < 0).any() or (row_targets >= vocab).any():
-                raise ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore}")
-            ce, log_normalizer = token_cross_entropy(rows, row_targets)
-            is_answer = answer.reshape(-1).index_select(0, row_index)
-            answer_rows = is_answer.nonzero().squeeze(1)
-            for name, weight in self.weights.items():
-                value = self._term(
-                    name,
-                    rows,
-                    ce,
-                    log_normalizer,
-                    row_targets,
-                    row_index,
-                    in_ce,
-                    answer_rows,
-                    labels.shape[1],
-                )
-                components[name] = value.detach()
-                counted_over_answer = name != "ce" or self.ce_scope == "answer"
-                scale = self._share(num_items_in_batch, n_labels, n_answer, counted_over_answer)
-                total = total + weight * value * scale
-        else:
-            components = {name: zero.detach() for name in self.weights}
+        n_labels, n_answer = supervised.sum(), answer.sum()
+        for name, weight in self.weights.items():
+            if name == "ce":
+                value = token_mean(ce[in_ce.reshape(-1).index_select(0, rows)])
+            else:
+                value = self._answer_term(name, answer_ce, present)
+            components[name] = value.detach()
+            counted_over_answer = name != "ce" or self.ce_scope == "answer"
+            scale = self._share(num_items_in_batch, n_labels, n_answer, counted_over_answer)
+            total = total + weight * value * scale
         return ObjectiveOutput(total, components)
 
-    def _term(
-        self,
-        name: str,
-        rows: Tensor,
-        ce: Tensor,
-        log_normalizer: Tensor,
-        row_targets: Tensor,
-        row_index: Tensor,
-        in_ce: Tensor,
-        answer_rows: Tensor,
-        seq_len: int,
+    def _answer_term(
+        self, name: str, answer_ce: Tensor, present: PresentClassProbs | None
     ) -> Tensor:
-        if name == "ce":
-            is_ce = in_ce.reshape(-1).index_select(0, row_index)
-            return ce[is_ce].mean() if is_ce.any() else connected_zero(rows)
-        if answer_rows.numel() == 0:
-            return connected_zero(rows)
         if name == "focal":
-            return focal_from_cross_entropy(ce[answer_rows], self.focal_gamma).mean()
+            return token_mean(focal_from_cross_entropy(answer_ce, self.focal_gamma))
         if name == "sadl":
-            return self_adjusting_dice_from_cross_entropy(
-                ce[answer_rows], self.sadl_alpha, self.sadl_gamma
-            ).mean()
-        if self.group == "sequence":
-            sequence_of_row = row_index.index_select(0, answer_rows) // seq_len
-            group_ids = torch.unique_consecutive(sequence_of_row, return_inverse=True)[1]
-        else:
-            group_ids = torch.zeros_like(answer_rows)
-        present = present_class_probs(
-            rows,
-            log_normalizer[answer_rows],
-            row_targets[answer_rows],
-            group_ids,
-            int(group_ids.max()) + 1,
-            token_rows=answer_rows,
-        )
+            return token_mean(
+                self_adjusting_dice_from_cross_entropy(answer_ce, self.sadl_alpha, self.sadl_gamma)
+            )
+        if present is None:  # no answer token in this micro-batch
+            return answer_ce.sum()
         if name == "gdice":
             return generalized_dice_from_probs(
                 present, self.gdice_weighting, self.gdice_absent, self.gdice_smooth
@@ -274,8 +263,13 @@ class Objective:
         if num_items is None:
             return 1.0
         if isinstance(num_items, ItemCounts):
-            if counted_over_answer:
-                return n_answer / num_items.answer
-            return n_labels / num_items.labels
-        # Only the label count is known: weight every term by this micro-batch's share of labels.
-        return n_labels / num_items
+            local, window = (
+                (n_answer, num_items.answer)
+                if counted_over_answer
+                else (n_labels, num_items.labels)
+            )
+        else:
+            # Only the label count is known: weight every term by this micro-batch's label share.
+            local, window = n_labels, num_items
+        # A window without such tokens has local == 0: its share is 0, not 0 / 0.
+        return local / torch.as_tensor(window, device=local.device).clamp_min(1)
