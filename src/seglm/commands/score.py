@@ -1,0 +1,109 @@
+"""``seglm score``: score a predictions file made by anything (seglm, vLLM, an API)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from seglm.metrics import ScoredExample
+
+
+class AnswerFormat(str, Enum):
+    """The answer formats of ``seglm.metrics`` (``ANSWER_FORMATS``)."""
+
+    gsm8k = "gsm8k"
+    mathqa = "mathqa"
+    choice = "choice"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("score")
+    def score_command(
+        task: Annotated[
+            str,
+            typer.Argument(metavar="TASK", help="Task name (gsm8k, mathqa, openbookqa, ...)."),
+        ],
+        predictions: Annotated[
+            Path,
+            typer.Argument(
+                metavar="PREDICTIONS",
+                exists=True,
+                dir_okay=False,
+                readable=True,
+                help='JSON Lines, one {"prediction": ..., "reference": ...} object per line.',
+            ),
+        ],
+        answer_format: Annotated[
+            AnswerFormat | None,
+            typer.Option("--format", help="Answer format; overrides the one TASK defines."),
+        ] = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print one JSON object, no table.")
+        ] = False,
+        per_example: Annotated[
+            Path | None,
+            typer.Option("--per-example", help="Write each example's metrics here (JSON Lines)."),
+        ] = None,
+    ) -> None:
+        """Score PREDICTIONS with TASK's metrics and print the means."""
+        from seglm.metrics import PredictionsFileError, aggregate, count_scored, score_file
+
+        fmt = answer_format.value if answer_format else _task_answer_format(task)
+        try:
+            scored = score_file(fmt, predictions)
+        except PredictionsFileError as error:
+            raise typer.BadParameter(str(error), param_hint="PREDICTIONS") from None
+        per_example_scores = [example.scores for example in scored]
+        means = aggregate(per_example_scores)
+        counts = count_scored(per_example_scores)
+        if per_example is not None:
+            _write_per_example(per_example, scored)
+        if as_json:
+            typer.echo(json.dumps({"n": len(scored), "metrics": means, "counts": counts}))
+        else:
+            _print_table(task, fmt, len(scored), means, counts)
+
+
+def _task_answer_format(task: str) -> str:
+    try:
+        from seglm.tasks import get_task
+    except ImportError:
+        raise typer.BadParameter(
+            f"cannot look up task {task!r}: seglm.tasks is not available; pass --format",
+            param_hint="TASK",
+        ) from None
+    try:
+        return str(get_task(task).answer_format)
+    except (LookupError, ValueError) as error:
+        raise typer.BadParameter(
+            f"unknown task {task!r} ({error}); or pass --format", param_hint="TASK"
+        ) from None
+
+
+def _write_per_example(path: Path, scored: list[ScoredExample]) -> None:
+    try:
+        with path.open("w", encoding="utf-8") as out:
+            for example in scored:
+                out.write(json.dumps({"line": example.line, **example.scores}) + "\n")
+    except OSError as error:
+        raise typer.BadParameter(
+            f"cannot write {path}: {error.strerror}", param_hint="--per-example"
+        ) from None
+
+
+def _print_table(
+    task: str, fmt: str, n: int, means: dict[str, float], counts: dict[str, int]
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("metric", "mean", "examples", title=f"{task} ({fmt}), {n} predictions")
+    for name, count in counts.items():
+        mean = f"{means[name]:.4f}" if name in means else "n/a"
+        table.add_row(name, mean, str(count))
+    Console().print(table)

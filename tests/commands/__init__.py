@@ -1,0 +1,1 @@
+"""Tests of the CLI commands (a package so that test module names stay unique)."""

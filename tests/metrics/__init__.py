@@ -1,0 +1,1 @@
+"""Tests of seglm.metrics (a package so that test module names stay unique)."""
