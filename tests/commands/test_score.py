@@ -153,3 +153,57 @@ def test_without_tasks_module_asks_for_format(
     result = runner.invoke(app, ["score", "gsm8k", str(path)])
     assert result.exit_code != 0
     assert "pass --format" in _plain(result.output)
+
+
+def test_roscoe_scores_and_correlations_with_the_offline_embedding_model(tmp_path: Path) -> None:
+    """A prediction that answers another question is less faithful to its source."""
+    gsm8k = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
+    if not gsm8k.is_file():
+        pytest.skip(f"{gsm8k} is missing")
+    rows = [json.loads(line) for line in gsm8k.read_text().splitlines()[:4]]
+    lines = [
+        {"prediction": row["answer"], "reference": row["answer"], "source": row["question"]}
+        for row in rows[:2]
+    ] + [
+        {"prediction": rows[3 - i]["answer"], "reference": row["answer"], "source": row["question"]}
+        for i, row in enumerate(rows[2:])
+    ]
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    per_example, correlations = tmp_path / "per_example.jsonl", tmp_path / "correlations.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "gsm8k",
+            str(predictions),
+            "--format",
+            "gsm8k",
+            "--roscoe",
+            "--roscoe-families",
+            "semantic_similarity",
+            "--per-example",
+            str(per_example),
+            "--correlations",
+            str(correlations),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    scores = [json.loads(line) for line in per_example.read_text().splitlines()]
+    assert {"info_chain", "repetition_step"} <= scores[0].keys()
+    assert "faithfulness_step" not in scores[0]  # family not asked for
+    own, swapped = [s["info_chain"] for s in scores[:2]], [s["info_chain"] for s in scores[2:]]
+    assert min(own) > max(swapped)
+    pairs = json.loads(correlations.read_text())["pairs"]
+    info_vs_em = next(p for p in pairs if {p["x"], p["y"]} == {"info_chain", "exact_match"})
+    assert info_vs_em["n"] == 4 and info_vs_em["r"] > 0.9
+
+
+def test_roscoe_needs_the_question(tmp_path: Path) -> None:
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text(json.dumps({"prediction": "#### 1", "reference": "#### 1"}) + "\n")
+    result = CliRunner().invoke(
+        app, ["score", "gsm8k", str(predictions), "--format", "gsm8k", "--roscoe"]
+    )
+    assert result.exit_code != 0
+    assert "line 1" in result.output and "source" in result.output

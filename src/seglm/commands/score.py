@@ -49,6 +49,22 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--per-example", help="Write each example's metrics here (JSON Lines)."),
         ] = None,
+        roscoe: Annotated[
+            bool,
+            typer.Option(
+                "--roscoe",
+                help="Add ROSCOE reasoning-chain scores; each line needs the question as "
+                "'source' (or 'question').",
+            ),
+        ] = False,
+        roscoe_families: Annotated[
+            str | None,
+            typer.Option(help="Comma-separated ROSCOE families (default: all four)."),
+        ] = None,
+        correlations: Annotated[
+            Path | None,
+            typer.Option(help="With --roscoe: write Pearson correlations (JSON) and print them."),
+        ] = None,
     ) -> None:
         """Score PREDICTIONS with TASK's metrics and print the means."""
         from seglm.metrics import PredictionsFileError, aggregate, count_scored, score_file
@@ -58,6 +74,10 @@ def register(app: typer.Typer) -> None:
             scored = score_file(fmt, predictions)
         except PredictionsFileError as error:
             raise typer.BadParameter(str(error), param_hint="PREDICTIONS") from None
+        if correlations is not None and not roscoe:
+            raise typer.BadParameter("needs --roscoe", param_hint="--correlations")
+        if roscoe:
+            _add_roscoe(predictions, scored, roscoe_families, correlations)
         per_example_scores = [example.scores for example in scored]
         means = aggregate(per_example_scores)
         counts = count_scored(per_example_scores)
@@ -83,6 +103,39 @@ def _task_answer_format(task: str) -> str:
         raise typer.BadParameter(
             f"unknown task {task!r} ({error}); or pass --format", param_hint="TASK"
         ) from None
+
+
+def _add_roscoe(
+    path: Path, scored: list[ScoredExample], families: str | None, correlations: Path | None
+) -> None:
+    from seglm.metrics.correlations import pearson_correlations, render_correlations
+    from seglm.metrics.roscoe import FAMILIES, RoscoeConfig, add_roscoe_scores
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for example in scored:
+        record = json.loads(lines[example.line - 1])
+        source = record.get("source", record.get("question"))
+        if not isinstance(source, str):
+            raise typer.BadParameter(
+                f"{path}, line {example.line}: --roscoe needs the question text as a string "
+                "field 'source' (or 'question')",
+                param_hint="PREDICTIONS",
+            )
+        records.append({"source": source, "prediction": record["prediction"]})
+    chosen = tuple(f.strip() for f in families.split(",")) if families else FAMILIES
+    try:
+        config = RoscoeConfig(families=chosen)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--roscoe-families") from None
+    add_roscoe_scores(records, config)
+    for example, record in zip(scored, records, strict=True):
+        example.scores.update({name: record[name] for name in config.scores})
+    if correlations is not None:
+        columns = (*config.scores, "exact_match", "iou")
+        result = pearson_correlations([example.scores for example in scored], columns)
+        correlations.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        render_correlations(result)
 
 
 def _write_per_example(path: Path, scored: list[ScoredExample]) -> None:

@@ -469,3 +469,19 @@ class RoscoeScorer:
         if "grammar" in caches:
             values["grammar_step"] = grammar_step([caches["grammar"][s] for s in chain.steps])
         return values
+
+
+def add_roscoe_scores(
+    records: list[dict[str, Any]],
+    config: RoscoeConfig | None = None,
+    source_key: str = "source",
+    hypothesis_key: str = "prediction",
+) -> RoscoeResult:
+    """Merge ROSCOE scores into per-example ``records`` in place (``source_key`` holds the
+    question, ``hypothesis_key`` the model's output); returns the result for its skip notes."""
+    result = RoscoeScorer(config).score(
+        {"source": record[source_key], "hypothesis": record[hypothesis_key]} for record in records
+    )
+    for record, scores in zip(records, result.scores, strict=True):
+        record.update(scores)
+    return result
