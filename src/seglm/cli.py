@@ -22,10 +22,10 @@ def main() -> None:
 
 def _register() -> None:
     # One line per command module; each module exposes ``register(app)``.
-    from seglm.commands import losses, score
+    from seglm.commands import data, losses, score
 
-    losses.register(app)
-    score.register(app)
+    for module in (data, losses, score):
+        module.register(app)
 
 
 _register()

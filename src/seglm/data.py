@@ -1,0 +1,237 @@
+"""Examples -> token ids, labels and answer masks; and the collator that pads them.
+
+Each example becomes ``prompt ids + target ids + [EOS]``. The prompt and the target are
+tokenised *separately* and the ids concatenated: tokenising the joined text would let a BPE merge
+straddle the boundary (``"Answer: "`` + ``"<<48"`` becomes ``Answer`` ``:`` `` <<`` ``48`` instead
+of ``Answer`` ``:`` `` `` ``<<`` ``48``), so training would see a prompt that generation, which
+tokenises the prompt alone, never shows the model. Separately, the split is exact and stable.
+
+- ``labels`` are the ids on the cross-entropy scope and -100 elsewhere: prompt + answer + EOS for
+  ``ce_scope="all"`` (the paper's language-modelling loss), answer + EOS for ``"answer"``.
+  They are not shifted (the objective shifts).
+- ``answer_mask`` is 1 on the answer tokens, final EOS included (where the segmentation losses
+  apply). EOS is labelled from the lengths, never from pad ids, so it is trained when pad = EOS.
+- The answer is never cut. An example whose answer + EOS plus ``min_prompt_tokens`` of prompt
+  exceeds ``max_length`` is dropped. Otherwise an over-long prompt is cut from the left, keeping
+  the tokenizer's leading special tokens (BOS) (``overflow="truncate_prompt"``), or the example
+  is dropped (``overflow="drop"``). The report counts each case.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from seglm.tasks.base import Example
+
+IGNORE_INDEX = -100
+CE_SCOPES = ("all", "answer")
+OVERFLOW_POLICIES = ("truncate_prompt", "drop")
+PAD_VALUES = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX, "answer_mask": 0}
+
+
+@dataclass
+class TokenizedData:
+    """Features (one dict of int lists per kept example), the report, and for each feature the
+    index of its example in the input list."""
+
+    features: list[dict[str, list[int]]]
+    report: dict[str, Any]
+    indices: list[int] = field(default_factory=list)
+
+
+def tokenize_examples(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    max_length: int,
+    ce_scope: str = "all",
+    overflow: str = "truncate_prompt",
+    min_prompt_tokens: int = 8,
+) -> TokenizedData:
+    """Tokenise examples for training; see the module docstring for the policies."""
+    if ce_scope not in CE_SCOPES:
+        raise ValueError(f"ce_scope must be one of {', '.join(CE_SCOPES)}; got {ce_scope!r}")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(
+            f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}"
+        )
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2; got {max_length}")
+    if min_prompt_tokens < 1:
+        raise ValueError(f"min_prompt_tokens must be at least 1; got {min_prompt_tokens}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(
+            "the tokenizer has no EOS token; seglm trains EOS so that generation stops"
+        )
+
+    prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
+    targets = encode_texts(tokenizer, [example.target for example in examples])
+    answers = [[*ids, eos] for ids in targets]
+
+    counts = {"answer_too_long": 0, "prompt_too_long": 0, "truncated": 0}
+    features, indices = [], []
+    for index, ((prompt, kept_prefix), answer) in enumerate(zip(prompts, answers, strict=True)):
+        prompt = fit_prompt(
+            prompt, kept_prefix, len(answer), max_length, overflow, min_prompt_tokens, counts
+        )
+        if prompt is not None:
+            features.append(build_features(prompt, answer, ce_scope))
+            indices.append(index)
+
+    lengths = {
+        "prompt": [len(prompt) for prompt, _ in prompts],
+        "answer": [len(answer) for answer in answers],
+    }
+    lengths["total"] = [p + a for p, a in zip(lengths["prompt"], lengths["answer"], strict=True)]
+    report = {
+        "examples": len(examples),
+        "kept": len(features),
+        "dropped": counts["answer_too_long"] + counts["prompt_too_long"],
+        "dropped_answer_too_long": counts["answer_too_long"],
+        "dropped_prompt_too_long": counts["prompt_too_long"],
+        "truncated": counts["truncated"],
+        "max_length": max_length,
+        "ce_scope": ce_scope,
+        "overflow": overflow,
+        "tokens": {name: length_stats(values) for name, values in lengths.items()},
+    }
+    return TokenizedData(features, report, indices)
+
+
+def encode_prompts(tokenizer: Any, prompts: list[str]) -> list[tuple[list[int], int]]:
+    """Prompt ids with the tokenizer's leading special tokens (BOS), and how many there are.
+
+    A prompt rendered by a chat template may already begin with the BOS text; it is then not
+    added twice.
+    """
+    prefix = leading_special_ids(tokenizer)
+    bos_text = tokenizer.bos_token if prefix else None
+    encoded = encode_texts(tokenizer, prompts)
+    result = []
+    for text, ids in zip(prompts, encoded, strict=True):
+        if prefix and not (bos_text and text.startswith(bos_text)):
+            result.append(([*prefix, *ids], len(prefix)))
+        else:
+            result.append((list(ids), 0))
+    return result
+
+
+def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens (one batched call)."""
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def leading_special_ids(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer puts before a text (e.g. Llama's BOS; none for SmolLM2)."""
+    with_specials = tokenizer("x")["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    for start in range(len(with_specials) - len(plain) + 1):
+        if with_specials[start : start + len(plain)] == plain:
+            return list(with_specials[:start])
+    return []
+
+
+def fit_prompt(
+    prompt: list[int],
+    kept_prefix: int,
+    answer_length: int,
+    max_length: int,
+    overflow: str,
+    min_prompt_tokens: int,
+    counts: dict[str, int],
+) -> list[int] | None:
+    """The prompt that fits beside the whole answer, or None (and a count) when none does."""
+    minimum = min(len(prompt), max(min_prompt_tokens, kept_prefix + 1))
+    if answer_length + minimum > max_length:
+        counts["answer_too_long"] += 1
+        return None
+    if len(prompt) + answer_length <= max_length:
+        return prompt
+    if overflow == "drop":
+        counts["prompt_too_long"] += 1
+        return None
+    counts["truncated"] += 1
+    keep = max_length - answer_length - kept_prefix
+    return prompt[:kept_prefix] + prompt[len(prompt) - keep :]
+
+
+def build_features(prompt: list[int], answer: list[int], ce_scope: str) -> dict[str, list[int]]:
+    input_ids = prompt + answer
+    prompt_labels = prompt if ce_scope == "all" else [IGNORE_INDEX] * len(prompt)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "labels": [*prompt_labels, *answer],
+        "answer_mask": [0] * len(prompt) + [1] * len(answer),
+    }
+
+
+def length_stats(values: list[int]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "min": ordered[0],
+        "mean": round(sum(ordered) / len(ordered), 2),
+        "p50": round(percentile(ordered, 50), 2),
+        "p95": round(percentile(ordered, 95), 2),
+        "max": ordered[-1],
+    }
+
+
+def percentile(ordered: list[int], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) of sorted values."""
+    position = (len(ordered) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class DataCollator:
+    """Pads features to the longest in the batch: input_ids with ``pad_token_id``,
+    attention_mask and answer_mask with 0, labels with -100. Returns int64 tensors.
+
+    With the transformers Trainer, keep ``answer_mask`` in the batch by setting
+    ``remove_unused_columns=False`` (otherwise the Trainer drops keys the model's ``forward``
+    does not take); the Trainer subclass pops it before calling the model.
+    """
+
+    pad_token_id: int
+    padding_side: str = "right"
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left'; got {self.padding_side!r}")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1; got {self.pad_to_multiple_of}")
+
+    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty batch")
+        keys = list(features[0])
+        unknown = [key for key in keys if key not in PAD_VALUES]
+        if "input_ids" not in keys or unknown:
+            raise ValueError(
+                f"features must hold input_ids and only {', '.join(PAD_VALUES)}; got {keys}"
+            )
+        width = max(len(feature["input_ids"]) for feature in features)
+        if self.pad_to_multiple_of:
+            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {}
+        for key in keys:
+            value = self.pad_token_id if key == "input_ids" else PAD_VALUES[key]
+            rows = [self.pad(list(feature[key]), width, value) for feature in features]
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+        return batch
+
+    def pad(self, row: list[int], width: int, value: int) -> list[int]:
+        padding = [value] * (width - len(row))
+        return row + padding if self.padding_side == "right" else padding + row

@@ -1,0 +1,170 @@
+"""Where records come from: a folder of the published files, or the Hugging Face hub.
+
+Resolution order: an explicit ``data_dir`` argument, then the ``SEGLM_DATA_DIR`` variable, then
+the hub. A data dir holds one folder per dataset with the original file names
+(``gsm8k/train.jsonl``, ``mathqa/dev.json``, ...); a file missing there is an error that says
+where the hub has it, rather than a silent fall-back to the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import DataDir, DataError, LoadReport, Record
+
+DATA_DIR_VARIABLE = "SEGLM_DATA_DIR"
+
+HubRow = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """One published split: candidate files in a data dir (the first that exists is read) and
+    its name on the hub (None when the hub does not have it)."""
+
+    files: tuple[str, ...]
+    hub_split: str | None
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    hub_id: str
+    hub_config: str | None
+    splits: dict[str, SplitSource]
+
+    def hub_label(self, hub_split: str) -> str:
+        config = f" (config {self.hub_config})" if self.hub_config else ""
+        return f"{self.hub_id}{config} split {hub_split}"
+
+
+def resolve_data_dir(data_dir: DataDir) -> Path | None:
+    """The folder to read: the argument, else ``$SEGLM_DATA_DIR``, else None (the hub)."""
+    chosen = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_VARIABLE) or None
+    if chosen is None:
+        return None
+    root = Path(chosen).expanduser()
+    if not root.is_dir():
+        origin = "--data-dir" if data_dir not in (None, "") else f"${DATA_DIR_VARIABLE}"
+        raise FileNotFoundError(f"data dir {root} (from {origin}) is not a folder")
+    return root
+
+
+def read_split(
+    source: DatasetSource,
+    split: str,
+    data_dir: DataDir,
+    report: LoadReport,
+    hub_row: HubRow | None = None,
+) -> Iterator[Record]:
+    """The records of one published split, from the data dir or the hub (``hub_row`` maps a
+    hub row to the published file's layout when the two differ)."""
+    entry = source.splits[split]
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        if entry.hub_split is None:
+            raise FileNotFoundError(
+                f"{source.hub_id} has no {split!r} split on the hub; "
+                f"give --data-dir (or ${DATA_DIR_VARIABLE}) with {' or '.join(entry.files)}"
+            )
+        report.source = f"hub:{source.hub_label(entry.hub_split)}"
+        return read_hub(source, entry.hub_split, split, hub_row or dict)
+    path = next((root / name for name in entry.files if (root / name).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(missing_file_message(source, root, entry))
+    report.source = str(path)
+    return read_file(path, split)
+
+
+def missing_file_message(source: DatasetSource, root: Path, entry: SplitSource) -> str:
+    wanted = " or ".join(str(root / name) for name in entry.files)
+    if entry.hub_split is None:
+        return f"{wanted} is missing, and the hub has no such split"
+    return (
+        f"{wanted} is missing; the hub has it as {source.hub_label(entry.hub_split)} "
+        f"(used when neither --data-dir nor ${DATA_DIR_VARIABLE} is set)"
+    )
+
+
+def read_file(path: Path, split: str) -> Iterator[Record]:
+    if path.suffix == ".jsonl":
+        return read_jsonl(path, split)
+    if path.suffix == ".json":
+        return read_json_array(path, split)
+    raise ValueError(f"{path}: unsupported file type; expected .jsonl or .json")
+
+
+def read_jsonl(path: Path, split: str) -> Iterator[Record]:
+    """JSON Lines: one record per non-blank line, parsed lazily so a bad line names its number."""
+    with path.open(encoding="utf-8") as handle:
+        index = 0
+        for line_number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield Record(f"{path}:{line_number}", split, index, line)
+                index += 1
+
+
+def read_json_array(path: Path, split: str) -> Iterator[Record]:
+    """A file holding one JSON array of objects; each record names the line it starts on."""
+    text = path.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    position = skip_space(text, 0)
+    if text[position : position + 1] != "[":
+        raise DataError(f"{path}:1", None, "expected a JSON array of records", "malformed JSON")
+    position = skip_space(text, position + 1)
+    line, counted_to, index = 1, 0, 0
+    while text[position : position + 1] != "]":
+        line += text.count("\n", counted_to, position)
+        counted_to = position
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            raise DataError(
+                f"{path}:{error.lineno}", None, f"malformed JSON ({error.msg})", "malformed JSON"
+            ) from None
+        yield Record(f"{path}:{line}", split, index, value)
+        index += 1
+        position = skip_space(text, position)
+        if text[position : position + 1] == ",":
+            position = skip_space(text, position + 1)
+        elif text[position : position + 1] != "]":
+            line += text.count("\n", counted_to, position)
+            raise DataError(f"{path}:{line}", None, "expected ',' or ']'", "malformed JSON")
+
+
+def skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def read_hub(
+    source: DatasetSource, hub_split: str, split: str, hub_row: HubRow
+) -> Iterator[Record]:
+    import datasets
+
+    label = source.hub_label(hub_split)
+    try:
+        rows = datasets.load_dataset(source.hub_id, source.hub_config, split=hub_split)
+    except Exception as error:  # network, auth and format errors all end here: say what was tried
+        raise RuntimeError(
+            f"could not load {label} from the Hugging Face hub: {error}. Offline, point "
+            f"--data-dir or ${DATA_DIR_VARIABLE} at a folder of the published files"
+        ) from error
+    for index, row in enumerate(rows):
+        yield Record(f"{label} row {index}", split, index, hub_row(row))
+
+
+def holdout_split(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (kept, held out) of ``datasets.Dataset.train_test_split(test_size=fraction,
+    seed=seed)``: the exact split the research code made, in the order it made it."""
+    import datasets
+
+    parts = datasets.Dataset.from_dict({"index": list(range(size))}).train_test_split(
+        test_size=fraction, seed=seed
+    )
+    return list(parts["train"]["index"]), list(parts["test"]["index"])

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seglm.tasks import DataError, get_task
+
+from .conftest import write_lines
+
+QUESTION = {
+    "stem": "The sun is responsible for",
+    "choices": [
+        {"text": "puppies learning new tricks", "label": "A"},
+        {"text": "children growing up and getting old", "label": "B"},
+        {"text": "flowers wilting in a vase", "label": "C"},
+        {"text": "plants sprouting, blooming and wilting", "label": "D"},
+    ],
+}
+FACT = "the sun is the source of energy for physical cycles on Earth"
+RECORD = {"id": "7-980", "question": QUESTION, "fact1": FACT, "answerKey": "D"}
+PROMPT = (
+    "Question: The sun is responsible for\nA. puppies learning new tricks\n"
+    "B. children growing up and getting old\nC. flowers wilting in a vase\n"
+    "D. plants sprouting, blooming and wilting\nContext: " + FACT + "\nAnswer: "
+)
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_splits_match_the_published_sizes(shared_data: Path, context: bool) -> None:
+    task = get_task("openbookqa", context=context)
+    sizes = [len(task.load(split, data_dir=str(shared_data))) for split in task.splits]
+    assert sizes == [4957, 500, 500]
+
+
+def test_paper_prompt_with_context(shared_data: Path) -> None:
+    example = get_task("openbookqa").load("train", data_dir=str(shared_data), limit=1)[0]
+    assert example.id == "openbookqa/train/7-980"
+    assert example.prompt == PROMPT
+    assert (example.target, example.reference, example.label) == ("D", "D", 3)
+    assert example.choices == tuple(choice["text"] for choice in QUESTION["choices"])
+    assert example.source == QUESTION["stem"]
+    assert example.metadata == {"fact1": FACT}
+
+
+def test_without_context_reads_main_and_drops_the_context_line(tmp_path: Path) -> None:
+    main = {key: value for key, value in RECORD.items() if key != "fact1"}
+    write_lines(tmp_path / "openbookqa" / "Main" / "dev.jsonl", [main])
+    example = get_task("openbookqa", context=False).load("dev", data_dir=str(tmp_path))[0]
+    assert example.prompt == PROMPT.replace(f"Context: {FACT}\n", "")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"answerKey": "E"},
+            "field 'answerKey': unknown answer letter 'E'; expected one of A, B, C, D",
+        ),
+        ({"fact1": None}, "field 'fact1': missing"),
+        ({"question": {"choices": QUESTION["choices"]}}, "field 'question.stem': missing"),
+        (
+            {"question": {**QUESTION, "choices": [{"text": "x"}, {"text": "y", "label": "B"}]}},
+            "field 'question.choices[0].label': missing",
+        ),
+    ],
+)
+def test_bad_records_name_file_line_and_field(tmp_path: Path, change: dict, expected: str) -> None:
+    path = tmp_path / "openbookqa" / "Additional" / "test_complete.jsonl"
+    write_lines(path, [RECORD, {**RECORD, **change}])
+    with pytest.raises(DataError) as error:
+        get_task("openbookqa").load("test", data_dir=str(tmp_path))
+    assert str(error.value).startswith(f"{path}:2: {expected}")
