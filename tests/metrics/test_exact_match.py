@@ -112,3 +112,12 @@ def test_reference_without_answer_is_an_error() -> None:
 def test_unknown_format() -> None:
     with pytest.raises(ValueError, match="unknown answer format 'gsm9k'"):
         extract_answer("gsm9k", "#### 1")
+
+
+def test_text_format_compares_whole_answers_after_collapsing_white_space() -> None:
+    from seglm.metrics.exact_match import exact_match_scores
+
+    assert exact_match_scores("text", "  Paris,\n France ", "Paris, France") == {"exact_match": 1.0}
+    assert exact_match_scores("text", "Paris", "Paris, France") == {"exact_match": 0.0}
+    with pytest.raises(ValueError, match="empty"):
+        exact_match_scores("text", "Paris", "   ")

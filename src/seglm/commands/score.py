@@ -19,6 +19,7 @@ class AnswerFormat(str, Enum):
     gsm8k = "gsm8k"
     mathqa = "mathqa"
     choice = "choice"
+    text = "text"
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,8 @@ from .arithmetic import NUMBER_PATTERN, parse_number
 
 NUMERIC_FORMATS = ("gsm8k", "mathqa")
 CHOICE_FORMAT = "choice"
-ANSWER_FORMATS = (*NUMERIC_FORMATS, CHOICE_FORMAT)
+TEXT_FORMAT = "text"  # free text (the user's jsonl data): the whole answer must match
+ANSWER_FORMATS = (*NUMERIC_FORMATS, CHOICE_FORMAT, TEXT_FORMAT)
 
 # Relative tolerance per numeric format: GSM8K answers are exact; MathQA options are rounded.
 RELATIVE_TOLERANCE = {"gsm8k": 0.0, "mathqa": 1e-4}
@@ -39,6 +40,8 @@ def extract_answer(answer_format: str, text: str) -> float | str | None:
     check_answer_format(answer_format)
     if answer_format == CHOICE_FORMAT:
         return extract_choice(text)
+    if answer_format == TEXT_FORMAT:
+        return normalize_text(text)
     match = _STRICT_ANSWER.search(text)
     if match is None:
         return None
@@ -58,6 +61,11 @@ def extract_choice(text: str) -> str | None:
     return match.group(1).upper() if match else None
 
 
+def normalize_text(text: str) -> str:
+    """Free-text answers compare after collapsing white space and trimming the ends."""
+    return " ".join(text.split())
+
+
 def reference_answer(answer_format: str, reference: str) -> float | str:
     """The reference's answer, or a ValueError saying what the reference lacks."""
     if answer_format == CHOICE_FORMAT:
@@ -66,6 +74,10 @@ def reference_answer(answer_format: str, reference: str) -> float | str:
         if letter is None or not letter.isalpha():
             raise ValueError(f"reference has no answer letter: {_shorten(reference)}")
         return letter
+    if answer_format == TEXT_FORMAT:
+        if not reference.strip():
+            raise ValueError("reference answer text is empty")
+        return normalize_text(reference)
     answer = extract_answer(answer_format, reference)
     if answer is None:
         raise ValueError(f"reference has no '#### <number>' answer: {_shorten(reference)}")
@@ -77,6 +89,8 @@ def exact_match_scores(answer_format: str, prediction: str, reference: str) -> d
     gold = reference_answer(answer_format, reference)
     if answer_format == CHOICE_FORMAT:
         return {"exact_match": float(extract_choice(prediction) == gold)}
+    if answer_format == TEXT_FORMAT:
+        return {"exact_match": float(normalize_text(prediction) == gold)}
     assert isinstance(gold, float)
     strict = extract_answer(answer_format, prediction)
     flexible = extract_last_number(prediction)

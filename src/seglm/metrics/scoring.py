@@ -18,6 +18,7 @@ METRICS_BY_FORMAT: dict[str, tuple[str, ...]] = {
     "gsm8k": ("exact_match", "exact_match_flexible", *STEP_METRICS),
     "mathqa": ("exact_match", "exact_match_flexible", *STEP_METRICS),
     "choice": ("exact_match",),
+    "text": ("exact_match",),
 }
 
 Scores = dict[str, float | None]
