@@ -1,0 +1,100 @@
+"""What gets trained: LoRA (PEFT), QLoRA (4-bit base through bitsandbytes, CUDA only) or the full
+model.
+
+LoRA targets every linear layer of the transformer blocks by default (PEFT's ``all-linear``: the
+attention and MLP projections of any architecture, never the output head), which is the paper's
+setting; ``target_modules`` names them explicitly instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+
+from seglm.config import ConfigError, TrainConfig
+from seglm.models import load_model
+
+ALL_LINEAR = "all-linear"
+
+
+def check_adapter_available(adapter: str) -> None:
+    """QLoRA needs a CUDA GPU and bitsandbytes: say so before anything is loaded."""
+    if adapter != "qlora":
+        return
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (none is visible)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+    if missing:
+        raise ConfigError(
+            f"adapter 'qlora' needs {' and '.join(missing)}; use adapter 'lora' on this machine"
+        )
+
+
+def base_dtype(config: TrainConfig) -> str:
+    """Frozen base weights may live in the autocast dtype; fully trained weights stay float32
+    (the optimiser's master copy) and autocast does the low-precision maths."""
+    return "fp32" if config.adapter == "full" else config.dtype
+
+
+def load_base_model(config: TrainConfig, device_index: int = 0) -> Any:
+    """The pretrained model, quantised to 4 bits for QLoRA."""
+    if config.adapter != "qlora":
+        return load_model(
+            config.model, dtype=base_dtype(config), trust_remote_code=config.trust_remote_code
+        )
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute_dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float16
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    model = load_model(
+        config.model,
+        dtype=base_dtype(config),
+        trust_remote_code=config.trust_remote_code,
+        quantization_config=quantization,
+        device_map={"": device_index},
+    )
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
+def add_adapter(model: Any, config: TrainConfig) -> Any:
+    """Wrap ``model`` in LoRA (for lora and qlora); full fine-tuning trains it as it is."""
+    if config.adapter == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules or ALL_LINEAR,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:
+        raise ConfigError(f"field 'target_modules': {error}") from None
+
+
+def adapter_summary(model: Any) -> dict[str, Any]:
+    """Trainable and total parameter counts, and the modules LoRA wrapped."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    summary: dict[str, Any] = {"trainable_params": trainable, "total_params": total}
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        summary["target_modules"] = sorted(peft_config["default"].target_modules)
+    return summary

@@ -1,0 +1,99 @@
+"""``seglm train [CONFIG.yaml] [--preset NAME] [--field value ...]``.
+
+Every field of :class:`seglm.config.TrainConfig` is a flag (``learning_rate`` is
+``--learning-rate``); flags override the YAML file, which overrides the preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from seglm.config import FIELD_TYPES, FIELDS
+
+TEXT_KINDS = (str, list)
+
+
+def _flag_parameter(name: str) -> inspect.Parameter:
+    """A typer option for one config field; None means "not given" so the file value stays."""
+    kind = FIELD_TYPES[name]
+    if isinstance(kind, types.UnionType):  # X | None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    base = typing.get_origin(kind) or kind
+    flag = "--" + name.replace("_", "-")
+    default = FIELDS[name].default
+    shown = "" if default in (None, dataclasses.MISSING) else f" (default: {default})"
+    help_text = FIELDS[name].metadata.get("help", "") + shown
+    names = f"{flag}/--no-{flag[2:]}" if base is bool else flag
+    # Lists are comma-separated text; a dict (task options) is repeated key=value items.
+    kind = list[str] if base is dict else str if base in TEXT_KINDS else base
+    option = typer.Option(None, names, help=help_text, show_default=False)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None
+    )
+
+
+def _command_signature() -> inspect.Signature:
+    config_file = inspect.Parameter(
+        "config_file",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=typer.Argument(None, help="YAML config file (keys are the flags' field names)."),
+        annotation=Path | None,
+    )
+    quiet = inspect.Parameter(
+        "quiet",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        annotation=bool,
+    )
+    fields = [_flag_parameter(name) for name in FIELDS]
+    return inspect.Signature([config_file, quiet, *fields])
+
+
+def register(app: typer.Typer) -> None:
+    def train_command(config_file: Path | None = None, quiet: bool = False, **flags: Any) -> None:
+        """Fine-tune a causal LM on a task with a seglm objective (LoRA by default)."""
+        from seglm.config import ConfigError, resolve_config
+        from seglm.trainer import NonFiniteLossError
+
+        console = Console(stderr=True)
+        overrides = {key: value for key, value in flags.items() if value is not None}
+        try:
+            config = resolve_config(_base_config(config_file, overrides), overrides)
+            from seglm.train import train
+
+            result = train(config, progress=not quiet)
+        except (ConfigError, NonFiniteLossError, FileNotFoundError) as error:
+            console.print(f"[red]error:[/red] {error}", highlight=False)
+            raise typer.Exit(1) from None
+        if int(os.environ.get("RANK", "0")) != 0:  # one summary from a multi-process launch
+            return
+        console.print(
+            f"run folder: {result.run_dir} ({result.final_weights} weights, "
+            f"{result.global_step} steps)",
+            highlight=False,
+        )
+        for key, value in result.metrics.items():
+            console.print(f"  {key}: {value:.4g}", highlight=False)
+
+    train_command.__signature__ = _command_signature()  # type: ignore[attr-defined]
+    app.command("train", no_args_is_help=False)(train_command)
+
+
+def _base_config(config_file: Path | None, overrides: dict[str, Any]) -> Path | None:
+    """``--resume`` alone continues the run in ``--output-dir`` with the config saved there."""
+    from seglm.config import resolve_config
+
+    if config_file is None and overrides.get("resume") and "preset" not in overrides:
+        saved = resolve_config(overrides=overrides).run_dir / "config.yaml"
+        if saved.is_file():
+            return saved
+    return config_file

@@ -1,0 +1,465 @@
+"""``train(config) -> TrainResult``: fine-tune a causal LM on a task with a seglm objective.
+
+It runs the transformers Trainer (through :class:`seglm.trainer.SegLMTrainer`), so accelerate,
+DDP, FSDP and DeepSpeed work as users know them. Everything that can be checked cheaply (config,
+loss spec, environment, run folder, task, model name, tokenised data) is checked before the model
+is loaded. The run folder holds:
+
+- ``config.yaml``: the resolved :class:`~seglm.config.TrainConfig`;
+- ``checkpoint-<step>/`` while training (weights, optimiser, scheduler, RNG and trainer state);
+- at the end, at the root: the weights (``adapter_model.safetensors`` for LoRA/QLoRA,
+  ``model.safetensors`` for full fine-tuning) of the best checkpoint by validation loss when there
+  is a validation split and ``final_weights: best``, else of the last step; the tokenizer;
+  ``trainer_state.json``;
+- ``log.jsonl``: one JSON object per log event (step, epoch, loss and each ``loss_<component>``,
+  learning rate, gradient norm, validation loss);
+- ``train_report.json``: what tokenisation kept, dropped and truncated, wall time, steps per
+  second, peak memory, trainable parameters.
+
+This module imports nothing heavy at import time, so experiments can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import resource
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from seglm.config import (
+    AUTO,
+    ConfigError,
+    TrainConfig,
+    load_run_config,
+    missing_reporters,
+    resolve_config,
+    write_config,
+)
+
+EVAL_SPLITS: tuple[str, ...] = ("validation", "dev", "val")
+REPORT_FILE = "train_report.json"  # written last: its presence marks a finished run
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    global_step: int
+    final_weights: str  # "best" or "last": which weights sit at the run root
+    best_checkpoint: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]] | None
+    report: dict[str, Any]
+
+
+def train(
+    config: TrainConfig | dict[str, Any] | str | Path,
+    *,
+    callbacks: Sequence[Any] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Run one training run; ``config`` is a TrainConfig, a dict of fields or a YAML path.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects. Raises
+    :class:`~seglm.config.ConfigError` for anything wrong with the setup (before the model is
+    loaded) and :class:`~seglm.trainer.NonFiniteLossError` when a loss becomes NaN or infinite.
+    """
+    config = _as_config(config)
+    objective = build_objective(config)
+    check_environment(config)
+    resume_from = check_run_dir(config)
+    check_task_name(config.task)
+    check_model_name(config.model)
+    tokenizer = load_checked_tokenizer(config)
+    data = prepare_data(config, tokenizer)
+    args = training_arguments(config, has_eval=data.eval is not None, progress=progress)
+    with args.main_process_first(desc="prepare the run folder"):
+        if args.process_index == 0:
+            prepare_run_dir(config, resume_from)
+    return _fit(config, objective, tokenizer, data, args, resume_from, callbacks)
+
+
+def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        return resolve_config(overrides=config)
+    return resolve_config(config)
+
+
+def build_objective(config: TrainConfig) -> Any:
+    from seglm.losses import Objective
+
+    try:
+        return Objective.from_spec(
+            config.loss,
+            ce_scope=config.ce_scope,
+            group=config.group,
+            focal_gamma=config.focal_gamma,
+            sadl_alpha=config.sadl_alpha,
+            sadl_gamma=config.sadl_gamma,
+            gdice_weighting=config.gdice_weighting,
+            gdice_absent=config.gdice_absent,
+            gdice_smooth=config.gdice_smooth,
+        )
+    except ValueError as error:
+        raise ConfigError(f"objective: {error}") from None
+
+
+def check_environment(config: TrainConfig) -> None:
+    """Fail early on what this machine cannot do."""
+    import torch
+
+    from seglm.adapters import check_adapter_available
+
+    check_adapter_available(config.adapter)
+    if config.dtype == "fp16" and not torch.cuda.is_available():
+        raise ConfigError(
+            "dtype 'fp16' (autocast with loss scaling) needs a CUDA GPU; on CPU use "
+            "--dtype bf16 or --dtype fp32"
+        )
+    missing = missing_reporters(config)
+    if missing:
+        raise ConfigError(
+            f"report_to {', '.join(missing)}: install the package(s) first "
+            f"(pip install {' '.join(missing)})"
+        )
+
+
+def check_task_name(name: str) -> None:
+    from seglm.tasks import task_class
+
+    try:
+        task_class(name)
+    except ValueError as error:
+        raise ConfigError(f"field 'task': {error}") from None
+
+
+def check_model_name(name: str) -> None:
+    """Catch a missing folder or a typo of an alias before going to the hub."""
+    from seglm.models import ALIASES
+
+    if name.lower() in ALIASES or Path(name).expanduser().exists():
+        return
+    aliases = ", ".join(ALIASES)
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise ConfigError(f"model folder {name!r} does not exist (aliases: {aliases})")
+    close = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=0.8)
+    if close:
+        raise ConfigError(
+            f"unknown model {name!r}; did you mean {close[0]!r}? (expected a local folder, "
+            f"a hub id or an alias: {aliases})"
+        )
+
+
+def load_checked_tokenizer(config: TrainConfig) -> Any:
+    from seglm.models import load_tokenizer
+
+    try:
+        return load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    except OSError as error:
+        raise ConfigError(f"model {config.model!r}: cannot load its tokenizer: {error}") from None
+
+
+def check_run_dir(config: TrainConfig) -> str | None:
+    """Refuse a folder that holds another run; return the checkpoint to resume from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    run_dir = config.run_dir
+    has_run = (run_dir / "config.yaml").is_file()
+    if config.resume:
+        if not has_run:
+            raise ConfigError(f"resume: {run_dir} holds no run (no config.yaml)")
+        _check_same_run(config, run_dir, "resume: ")
+        if (run_dir / REPORT_FILE).is_file():
+            raise ConfigError(
+                f"resume: the run in {run_dir} has finished ({REPORT_FILE} is there); "
+                "nothing to resume (--overwrite trains it again)"
+            )
+        checkpoint = get_last_checkpoint(str(run_dir))
+        if checkpoint is None:
+            raise ConfigError(
+                f"resume: {run_dir} has no checkpoint yet; start again with --overwrite"
+            )
+        return checkpoint
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    if not has_run:
+        raise ConfigError(
+            f"output folder {run_dir} is not empty and holds no seglm run; "
+            "choose a new or empty folder"
+        )
+    if config.overwrite:
+        return None
+    _check_same_run(config, run_dir, "")
+    raise ConfigError(
+        f"output folder {run_dir} already holds this run: pass --resume to continue it "
+        "or --overwrite to start again"
+    )
+
+
+def _check_same_run(config: TrainConfig, run_dir: Path, prefix: str) -> None:
+    previous = load_run_config(run_dir).identity()
+    current = config.identity()
+    changed = [k for k in current if previous.get(k) != current[k]]
+    if changed:
+        details = "; ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ConfigError(
+            f"{prefix}output folder {run_dir} holds a different run ({details}); "
+            "pass --overwrite to replace it or choose another --output-dir"
+        )
+
+
+def prepare_run_dir(config: TrainConfig, resume_from: str | None) -> None:
+    run_dir = config.run_dir
+    if resume_from is None:
+        if config.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # How this invocation treated the folder is not part of the run.
+        write_config(replace(config, overwrite=False, resume=False), run_dir / "config.yaml")
+    else:
+        _trim_log(run_dir / "log.jsonl", _checkpoint_step(resume_from))
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[1])
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """Drop the log events that the resumed run will write again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
+    """Load and tokenise the train and eval splits; fail if nothing is left to train on."""
+    from seglm.data import tokenize_examples
+    from seglm.tasks import get_task
+
+    try:
+        task = get_task(config.task, tokenizer=tokenizer, **config.task_options)
+    except ValueError as error:
+        raise ConfigError(f"task_options: {error}") from None
+    eval_split = _eval_split(config, task.splits)
+    max_length = config.max_length or task.default_max_length
+    report: dict[str, Any] = {"max_length": max_length}
+    features: dict[str, list[dict[str, Any]]] = {}
+    for name, split, limit in (
+        ("train", config.train_split, config.train_limit),
+        ("eval", eval_split, config.eval_limit),
+    ):
+        if split is None:
+            continue
+        examples = _load_split(task, split, config, limit)
+        tokenized = tokenize_examples(
+            examples, tokenizer, max_length, ce_scope=config.ce_scope, overflow=config.overflow
+        )
+        if not tokenized.features:
+            counts = tokenized.report
+            raise ConfigError(
+                f"task {config.task!r}, split {split!r}: every one of {len(examples)} examples "
+                f"was dropped by tokenisation at max_length={max_length} (answer too long: "
+                f"{counts['dropped_answer_too_long']}, prompt too long with overflow "
+                f"{config.overflow!r}: {counts['dropped_prompt_too_long']}); raise max_length"
+            )
+        features[name] = tokenized.features
+        report[name] = {"split": split, **tokenized.report}
+    return PreparedData(features["train"], features.get("eval"), report)
+
+
+def _eval_split(config: TrainConfig, splits: Sequence[str]) -> str | None:
+    if config.eval_split != AUTO:
+        return config.eval_split
+    return next((s for s in EVAL_SPLITS if s in splits and s != config.train_split), None)
+
+
+def _load_split(task: Any, split: str, config: TrainConfig, limit: int | None) -> list[Any]:
+    try:
+        examples = task.load(split, data_dir=config.data_dir, limit=limit)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"task {config.task!r}, split {split!r}: {error}") from None
+    if not examples:
+        raise ConfigError(f"task {config.task!r}, split {split!r} has no examples")
+    return examples
+
+
+def training_arguments(config: TrainConfig, has_eval: bool, progress: bool) -> Any:
+    """The Trainer's arguments for this config (creating them sets up distributed state)."""
+    from transformers import TrainingArguments
+
+    eval_strategy = "no" if not has_eval else "steps" if config.eval_steps else "epoch"
+    keep_best = has_eval and config.final_weights == "best"
+    save_strategy, save_steps = _save_schedule(config, eval_strategy, keep_best)
+    settings = dict(
+        output_dir=str(config.run_dir),
+        run_name=config.run_name,
+        seed=config.seed,
+        data_seed=config.seed,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.scheduler,
+        optim=config.optim,
+        max_grad_norm=config.max_grad_norm,
+        bf16=config.dtype == "bf16",
+        # Without it, bf16 autocast is refused and torchrun's processes do not form a group.
+        use_cpu=not _has_accelerator(),
+        fp16=config.dtype == "fp16",
+        **_checkpointing_arguments(TrainingArguments, config.gradient_checkpointing),
+        eval_strategy=eval_strategy,
+        eval_steps=config.eval_steps,
+        save_strategy=save_strategy,
+        save_steps=save_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        greater_is_better=False if keep_best else None,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        report_to=config.report_to or "none",
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        average_tokens_across_devices=True,
+        dataloader_pin_memory=False,
+    )
+    try:
+        return TrainingArguments(**settings)
+    except ValueError as error:  # e.g. an unknown scheduler or optimiser name
+        raise ConfigError(f"training arguments: {error}") from None
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator else torch.cuda.is_available()
+
+
+def _checkpointing_arguments(arguments_class: type, enabled: bool) -> dict[str, Any]:
+    """transformers 5 renamed gradient checkpointing to activation checkpointing."""
+    renamed = "activation_checkpointing" in getattr(arguments_class, "__dataclass_fields__", {})
+    name = "activation_checkpointing" if renamed else "gradient_checkpointing"
+    # Non-reentrant checkpointing needs no input gradients, so frozen embeddings (LoRA) work.
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
+
+
+def _save_schedule(config: TrainConfig, eval_strategy: str, keep_best: bool) -> tuple[str, Any]:
+    """Checkpoints at evaluations by default; keeping the best needs them to coincide."""
+    if config.save_steps is None:
+        if eval_strategy == "steps":
+            return "steps", config.eval_steps
+        return "epoch", None
+    if keep_best and (eval_strategy != "steps" or config.save_steps % config.eval_steps):
+        raise ConfigError(
+            f"save_steps={config.save_steps} must be a multiple of eval_steps "
+            f"({config.eval_steps}) to keep the best checkpoint; set eval_steps, or "
+            "final_weights: last"
+        )
+    return "steps", config.save_steps
+
+
+def _fit(
+    config: TrainConfig,
+    objective: Any,
+    tokenizer: Any,
+    data: PreparedData,
+    args: Any,
+    resume_from: str | None,
+    callbacks: Sequence[Any],
+) -> TrainResult:
+    import torch
+    from transformers import set_seed
+
+    from seglm.adapters import adapter_summary, add_adapter, load_base_model
+    from seglm.data import DataCollator
+    from seglm.trainer import SegLMTrainer
+
+    started = time.perf_counter()
+    set_seed(config.seed)
+    model = add_adapter(load_base_model(config, args.local_process_index), config)
+    trainer = SegLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=DataCollator(tokenizer.pad_token_id, padding_side="right"),
+        processing_class=tokenizer,
+        objective=objective,
+        callbacks=[jsonl_log_callback(config.run_dir / "log.jsonl"), *callbacks],
+    )
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model(str(config.run_dir))
+    trainer.save_state()
+    state = trainer.state
+    weights = "best" if args.load_best_model_at_end and state.best_model_checkpoint else "last"
+    eval_losses = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
+    metrics = {
+        "train_loss": output.training_loss,
+        "train_steps_per_second": output.metrics.get("train_steps_per_second", 0.0),
+        **({"eval_loss": eval_losses[-1]} if eval_losses else {}),
+        **({"best_eval_loss": state.best_metric} if state.best_metric is not None else {}),
+    }
+    report = {
+        "data": data.report,
+        "adapter": {"type": config.adapter, **adapter_summary(model)},
+        "world_size": args.world_size,
+        "global_step": state.global_step,
+        "resumed_from": resume_from,
+        "final_weights": weights,
+        "best_checkpoint": state.best_model_checkpoint,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "train_runtime_s": output.metrics.get("train_runtime"),
+        "steps_per_second": output.metrics.get("train_steps_per_second"),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **(
+            {"peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+            if torch.cuda.is_available()
+            else {}
+        ),
+        "metrics": metrics,
+    }
+    if args.process_index == 0:
+        (config.run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return TrainResult(
+        run_dir=config.run_dir,
+        global_step=state.global_step,
+        final_weights=weights,
+        best_checkpoint=state.best_model_checkpoint,
+        metrics=metrics,
+        report=report,
+    )
+
+
+def jsonl_log_callback(path: Path) -> Any:
+    """A TrainerCallback appending every log event as one JSON line:
+    ``{"step": ..., "epoch": ..., **logs}`` (main process only)."""
+    from transformers import TrainerCallback
+
+    class JsonlLogCallback(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+            if not state.is_world_process_zero or not logs:
+                return
+            event = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with path.open("a") as handle:
+                handle.write(json.dumps(event) + "\n")
+
+    return JsonlLogCallback()

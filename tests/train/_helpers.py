@@ -1,0 +1,56 @@
+"""Helpers for the training tests: a tiny character-level causal LM saved as an ordinary model
+folder, one torch thread, and reading a run folder's log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import string
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seglm.models import tiny_llama
+
+EOS = "<|endoftext|>"
+UNK = "<unk>"
+
+
+def char_tokenizer() -> object:
+    """A fast tokenizer with one token per printable ASCII character (and newline) plus EOS."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = [EOS, UNK, *dict.fromkeys(string.printable)]
+    backend = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, unk_token=UNK)
+
+
+def save_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """Write a random 2-layer Llama and its character tokenizer to ``folder``."""
+    tokenizer = char_tokenizer()
+    model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, seed=seed)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models step in milliseconds on one thread; on a busy machine several intra-op
+    threads spin against each other and make each step ten times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def log_events(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]

@@ -1,0 +1,259 @@
+"""train(): the run folder, best checkpoint, resume, refusals and faults, on a tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from seglm.config import ConfigError, load_run_config, resolve_config
+from seglm.train import train
+from seglm.trainer import NonFiniteLossError
+
+from ._helpers import log_events
+
+
+def run(config: dict[str, Any], **overrides: Any) -> Any:
+    return train(resolve_config(overrides={**config, **overrides}), progress=False)
+
+
+def adapter(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_run_folder_holds_config_weights_tokenizer_state_logs_and_report(
+    tiny_config: dict[str, Any],
+) -> None:
+    result = run(tiny_config, loss="ce=0.6,lovasz=0.4", gradient_checkpointing=True)
+    folder = result.run_dir
+    assert load_run_config(folder) == resolve_config(
+        overrides={**tiny_config, "loss": "ce=0.6,lovasz=0.4", "gradient_checkpointing": True}
+    )
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "trainer_state.json",
+        "train_report.json",
+        "checkpoint-2",
+        "checkpoint-4",
+    ):
+        assert (folder / name).exists(), name
+    # Without a validation split the root holds the last step's weights.
+    assert result.final_weights == "last"
+    final = adapter(folder)
+    assert all(torch.equal(final[k], v) for k, v in adapter(folder / "checkpoint-4").items())
+    # LoRA's B matrices start at zero: training through checkpointed layers moved them.
+    assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)
+
+    steps = [e for e in log_events(folder) if "loss" in e]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]
+    for event in steps:
+        # One micro-batch per step: the logged loss is exactly the weighted components.
+        expected = 0.6 * event["loss_ce"] + 0.4 * event["loss_lovasz"]
+        assert event["loss"] == pytest.approx(expected, rel=1e-4)
+
+    report = json.loads((folder / "train_report.json").read_text())
+    assert report["data"]["train"]["examples"] == 24
+    assert report["data"]["train"]["kept"] == 24
+    assert report["global_step"] == 4
+    assert 0 < report["adapter"]["trainable_params"] < report["adapter"]["total_params"]
+    assert "model.layers.0.mlp.down_proj" in report["adapter"]["target_modules"]
+    assert report["peak_rss_mib"] > 0 and report["steps_per_second"] > 0
+
+
+def test_best_checkpoint_by_validation_loss_ends_at_the_root(tiny_config: dict[str, Any]) -> None:
+    result = run(
+        tiny_config,
+        eval_split="auto",
+        eval_steps=1,
+        save_steps=None,
+        max_steps=4,
+        learning_rate=0.3,
+        save_total_limit=1,
+    )
+    evals = {e["step"]: e["eval_loss"] for e in log_events(result.run_dir) if "eval_loss" in e}
+    assert sorted(evals) == [1, 2, 3, 4]
+    best_step = min(evals, key=evals.__getitem__)
+    assert result.final_weights == "best"
+    assert Path(result.best_checkpoint).name == f"checkpoint-{best_step}"
+    assert result.metrics["best_eval_loss"] == pytest.approx(evals[best_step])
+    best = adapter(Path(result.best_checkpoint))
+    final = adapter(result.run_dir)
+    assert all(torch.equal(final[k], v) for k, v in best.items())
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            raise Interrupt
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(
+    tiny_config: dict[str, Any], tmp_path: Path
+) -> None:
+    # 24 examples, 2 x 2 accumulation: 6 steps an epoch; stop in the first epoch after the
+    # step-4 checkpoint, resume into the second. LoRA dropout makes the RNG state matter.
+    config = {**tiny_config, "batch_size": 2, "grad_accum": 2, "max_steps": 8}
+    whole = run(config, output_dir=str(tmp_path / "whole"))
+    parted = {**config, "output_dir": str(tmp_path / "parted")}
+    with pytest.raises(Interrupt):
+        train(resolve_config(overrides=parted), callbacks=[InterruptAt(5)], progress=False)
+    assert not (tmp_path / "parted" / "adapter_model.safetensors").exists()
+    resumed = run(parted, resume=True)
+    assert resumed.report["resumed_from"].endswith("checkpoint-4")
+    expected, got = adapter(whole.run_dir), adapter(resumed.run_dir)
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-7)
+    # The log of the resumed run has each step once, with the uninterrupted run's losses.
+    logged = [e for e in log_events(resumed.run_dir) if "loss" in e]
+    assert [e["step"] for e in logged] == list(range(1, 9))
+    expected_losses = [e["loss"] for e in log_events(whole.run_dir) if "loss" in e]
+    assert [e["loss"] for e in logged] == pytest.approx(expected_losses, rel=1e-5)
+
+
+def test_full_fine_tuning_with_bf16_autocast_and_accumulation(tiny_config: dict[str, Any]) -> None:
+    result = run(tiny_config, adapter="full", dtype="bf16", grad_accum=2, batch_size=2)
+    weights = load_file(result.run_dir / "model.safetensors")
+    assert not (result.run_dir / "adapter_model.safetensors").exists()
+    report = result.report["adapter"]
+    assert report["trainable_params"] == report["total_params"]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    assert math.isfinite(result.metrics["train_loss"])
+
+
+class CorruptAfterSave(TrainerCallback):
+    """Poisons the weights right after the step-2 checkpoint is written."""
+
+    def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
+        if state.global_step == 2:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    if parameter.requires_grad:
+                        parameter.fill_(math.nan)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
+    tiny_config: dict[str, Any],
+) -> None:
+    config = resolve_config(overrides={**tiny_config, "loss": "ce=0.6,focal=0.4"})
+    with pytest.raises(NonFiniteLossError, match=r"step 3: component\(s\) ce, focal"):
+        train(config, callbacks=[CorruptAfterSave()], progress=False)
+    saved = adapter(config.run_dir / "checkpoint-2")
+    assert saved and all(torch.isfinite(v).all() for v in saved.values())
+    assert not (config.run_dir / "adapter_model.safetensors").exists()
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded before the setup was checked")
+
+    monkeypatch.setattr("seglm.adapters.load_base_model", refuse)
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"model": "smollm2-135m-instuct"},
+            "unknown model .* did you mean 'smollm2-135m-instruct'",
+        ),
+        ({"model": "/no/such/folder"}, "model folder '/no/such/folder' does not exist"),
+        ({"loss": "ce=0.6,lovas=0.4"}, "unknown loss 'lovas'; did you mean 'lovasz'"),
+        ({"scheduler": "linaer"}, "training arguments: .*linaer"),
+        ({"task": "arth"}, "unknown task 'arth'.*did you mean 'arith'"),
+        ({"task_options": {"train_sise": 3}}, "task_options: .*train_sise"),
+        ({"train_split": "training"}, "has no split 'training'"),
+        ({"max_length": 12}, "every one of 24 examples was dropped"),
+        ({"adapter": "qlora"}, "adapter 'qlora' needs"),
+        ({"save_steps": 3, "eval_split": "auto", "eval_steps": 2}, "multiple of eval_steps"),
+        ({"resume": True}, "holds no run"),
+    ],
+)
+def test_bad_setups_fail_before_the_model_loads(
+    tiny_config: dict[str, Any], overrides: dict[str, Any], message: str
+) -> None:
+    if overrides.get("adapter") == "qlora" and torch.cuda.is_available():
+        pytest.skip("QLoRA may be available on a CUDA machine")
+    with pytest.raises(ConfigError, match=message):
+        run(tiny_config, **overrides)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 works on CUDA")
+def test_fp16_on_cpu_is_refused_with_a_way_out(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"fp16.*needs a CUDA GPU.*--dtype bf16"):
+        run(tiny_config, dtype="fp16")
+
+
+def test_an_output_folder_with_another_run_is_refused_unless_overwrite(
+    tiny_config: dict[str, Any], tmp_path: Path
+) -> None:
+    first = run(tiny_config, max_steps=2)
+    with pytest.raises(ConfigError, match=r"different run \(learning_rate: 0.01 -> 0.02\)"):
+        run(tiny_config, max_steps=2, learning_rate=0.02)
+    with pytest.raises(ConfigError, match="already holds this run: pass --resume"):
+        run(tiny_config, max_steps=2)
+    with pytest.raises(ConfigError, match=r"resume: .* different run"):
+        run(tiny_config, max_steps=2, learning_rate=0.02, resume=True)
+    again = run(tiny_config, max_steps=2, learning_rate=0.02, overwrite=True)
+    assert again.run_dir == first.run_dir
+    assert load_run_config(again.run_dir).learning_rate == 0.02
+    assert [e["step"] for e in log_events(again.run_dir) if "loss" in e] == [1, 2]
+    stranger = tmp_path / "not-a-run"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="holds no seglm run"):
+        run(tiny_config, output_dir=str(stranger), overwrite=True)
+    assert (stranger / "notes.txt").exists()
+
+
+def test_the_data_order_depends_on_the_seed_only(
+    tiny_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import seglm.data
+
+    batches: list[list[list[int]]] = []
+
+    class RecordingCollator(seglm.data.DataCollator):
+        def __call__(self, features: Any) -> dict[str, torch.Tensor]:
+            batches[-1].append([list(f["input_ids"]) for f in features])
+            return super().__call__(features)
+
+    monkeypatch.setattr(seglm.data, "DataCollator", RecordingCollator)
+    orders = []
+    for name, overrides in {
+        "ce": {"loss": "ce"},
+        "lovasz": {"loss": "ce=0.6,lovasz=0.4"},
+        "seed": {"loss": "ce", "seed": 43},
+    }.items():
+        batches.append([])
+        run(tiny_config, output_dir=str(tmp_path / name), **overrides)
+        orders.append(batches[-1])
+    assert len(orders[0]) >= 4  # the data loader may fetch one batch ahead
+    assert orders[0] == orders[1]  # another loss, same seed: the same batches in the same order
+    assert orders[0] != orders[2]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed"
+)
+def test_a_tracker_without_its_package_is_refused(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        run(tiny_config, report_to="tensorboard")
