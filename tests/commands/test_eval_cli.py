@@ -1,0 +1,112 @@
+"""``seglm eval`` with a tiny random Llama saved with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from seglm.cli import app
+from seglm.commands.eval import Scoring, default_output_dir
+from seglm.config import TrainConfig, write_config
+from seglm.evaluate import SCORINGS
+from seglm.models import load_tokenizer, tiny_llama
+
+runner = CliRunner()
+ARITH = ["-o", "test_size=4", "-o", "train_size=4", "-o", "validation_size=1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    folder = tmp_path_factory.mktemp("tiny")
+    model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def eval_args(tiny_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", str(tiny_dir), "--task", "arith", *ARITH, "--output-dir", str(out),
+            "--max-new-tokens", "4", "--quiet", *extra]  # fmt: skip
+
+
+def test_scoring_choices_are_the_library_ones() -> None:
+    assert tuple(member.value for member in Scoring) == SCORINGS
+
+
+def test_eval_writes_predictions_and_prints_metrics(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = runner.invoke(app, eval_args(tiny_dir, out, "--limit", "3", "--json"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n"] == 3 and summary["task"] == "arith" and summary["limit"] == 3
+    assert summary["task_options"]["test_size"] == 4
+    assert summary["metrics"]["exact_match"] == 0.0  # a random model
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
+    table = runner.invoke(app, eval_args(tiny_dir, out), env={"COLUMNS": "120"})
+    assert table.exit_code == 0, table.output
+    assert "resumed: 3 predictions were already there" in table.stdout
+    assert "arith/test, 4 examples" in table.stdout
+    assert f"model: {tiny_dir}" in table.stdout
+    assert re.search(r"exact_match[ │]+0\.0000[ │]+4 ", table.stdout)
+
+
+def test_broken_predictions_file_names_the_line(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    assert runner.invoke(app, eval_args(tiny_dir, out, "--limit", "2")).exit_code == 0
+    path = out / "predictions.jsonl"
+    first, second = path.read_text().splitlines()
+    record = json.loads(second)
+    del record["reference"]
+    path.write_text(first + "\n" + json.dumps(record) + "\n")
+    result = runner.invoke(app, eval_args(tiny_dir, out))
+    assert result.exit_code == 1
+    assert f"error: {path}, line 2: missing field 'reference'" in result.stderr
+
+
+def test_run_folder_without_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(TrainConfig(model=str(tiny_dir), task="arith"), run / "config.yaml")
+    result = runner.invoke(app, ["eval", str(run)])
+    assert result.exit_code == 1
+    assert f"error: run folder {run} has no weights at its root" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "gsm9k"], "unknown task 'gsm9k' (did you mean 'gsm8k'?)"),
+        (["--task", "arith", "-o", "test_sise=4"], "task 'arith' has no option 'test_sise'"),
+        ([], "give --task (MODEL is not a seglm run folder that names one)"),
+        (["--task", "arith", "--scoring", "loglik"], "scoring 'loglik' needs a multiple-choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_1(
+    tiny_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["eval", str(tiny_dir), *args, "--output-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert message in result.stderr
+
+
+def test_default_output_dir() -> None:
+    run_dir = default_output_dir("runs/r1", True, "gsm8k", "test", Scoring.generate, 0)
+    assert run_dir == Path("runs/r1/eval-gsm8k-test")
+    model_dir = default_output_dir("SmolLM2", False, "openbookqa", "test", Scoring.both, 5)
+    assert model_dir == Path("evals/smollm2-openbookqa-test-both-5shot")
