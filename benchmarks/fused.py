@@ -1,0 +1,203 @@
+"""Time and peak memory of forward+backward: materialised logits vs the fused output layer + loss.
+
+The materialised path is ``objective(F.linear(hidden, weight), labels)``; the fused path is
+``fused_objective_loss(objective, hidden, weight, labels)``. Both start from the same hidden
+states ``[N/1024, 1024, H]`` and a trained (or, with ``--frozen-head``, frozen) output weight
+``[V, H]`` (float32, or ``--dtype bfloat16``), and run one backward into both. The extra loss
+``torch_ce`` compares the fused CE with plain ``F.cross_entropy`` on materialised float32
+logits, the usual way of computing it. Each configuration runs in a fresh subprocess;
+its memory is the peak RSS (``ru_maxrss``) minus the RSS once the inputs exist, so it includes
+the gradients of hidden and weight that both paths produce. Time is wall-clock and CPU time (the
+latter is steadier on a shared machine).
+
+Targets follow a Zipf law (s = 1.1) over a random permutation of the vocabulary, as text does;
+each 1024-token sequence is one group of the set losses (the ``sequence`` default). A
+materialised configuration whose memory, extrapolated from the same loss at the smallest N
+measured, exceeds the memory available is not run and is reported as "does not fit".
+
+    python benchmarks/fused.py                              # the full table (long on a CPU)
+    python benchmarks/fused.py --shapes 2048x49152x576 --losses ce lovasz --append
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from seglm.losses import Objective
+from seglm.losses.fused import default_chunk_size, fused_objective_loss
+
+LOSSES = ["torch_ce", "ce", "focal", "sadl", "gdice", "lovasz"]
+DEFAULT_SHAPES = [
+    f"{n}x{v}x{h}" for h in (576, 2048) for v in (49152, 151936) for n in (2048, 16384)
+]
+SEQUENCE_LENGTH = 1024
+GIB = 2**30
+
+
+def zipf_targets(n: int, vocab: int, generator: torch.Generator) -> torch.Tensor:
+    ranks = torch.arange(1, vocab + 1, dtype=torch.float64)
+    draws = torch.multinomial(ranks.pow(-1.1), n, replacement=True, generator=generator)
+    return torch.randperm(vocab, generator=generator)[draws]
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_one(
+    path: str, loss: str, n: int, vocab: int, size: int, frozen: bool, dtype: torch.dtype
+) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    batch = max(1, n // SEQUENCE_LENGTH)
+    length = n // batch
+    hidden = torch.randn(batch, length, size, generator=generator, dtype=dtype)
+    weight = torch.randn(vocab, size, generator=generator, dtype=dtype).mul_(3 / size**0.5)
+    hidden.requires_grad_()
+    weight.requires_grad_(not frozen)
+    labels = zipf_targets(batch * length, vocab, generator).reshape(batch, length)
+    objective = Objective.from_spec("ce" if loss == "torch_ce" else loss)
+
+    def forward_backward() -> None:
+        if path == "fused":
+            loss_value = fused_objective_loss(objective, hidden, weight, labels).loss
+        elif loss == "torch_ce":
+            logits = F.linear(hidden, weight)[:, :-1].float()
+            loss_value = F.cross_entropy(logits.reshape(-1, vocab), labels[:, 1:].reshape(-1))
+        else:
+            loss_value = objective(F.linear(hidden, weight), labels).loss
+        loss_value.backward()
+
+    baseline = peak_rss()
+    cpu, wall = cpu_seconds(), time.perf_counter()
+    forward_backward()
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    return {"seconds": wall, "cpu_seconds": cpu, "extra_bytes": max(peak_rss() - baseline, 0)}
+
+
+def measure(path: str, loss: str, shape: str, frozen: bool, dtype: str) -> dict:
+    command = [sys.executable, __file__, "--one", path, loss, shape, "--dtype", dtype]
+    command += ["--frozen-head"] if frozen else []
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def available_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def parse_shape(shape: str) -> tuple[int, int, int]:
+    n, vocab, size = map(int, shape.split("x"))
+    return n, vocab, size
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(row[key] for key in ("n", "v", "h", "loss", "frozen_head", "dtype"))
+
+
+def cell(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shapes", nargs="*", default=DEFAULT_SHAPES, help="NxVxH shapes")
+    parser.add_argument("--losses", nargs="*", default=LOSSES)
+    parser.add_argument("--frozen-head", action="store_true", help="the weight gets no gradient")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--margin-gib", type=float, default=3.0, help="memory left free for the rest of the machine"
+    )
+    parser.add_argument("--one", nargs=3, metavar=("PATH", "LOSS", "NxVxH"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "fused.json"))
+    parser.add_argument(
+        "--append", action="store_true", help="add to (or replace) the rows already in --out"
+    )
+    args = parser.parse_args()
+    if args.one:
+        path, loss, shape = args.one
+        dtype = getattr(torch, args.dtype)
+        print(json.dumps(run_one(path, loss, *parse_shape(shape), args.frozen_head, dtype)))
+        return
+
+    header = (
+        "| N | V | H | loss | materialised s (cpu s) | fused s (cpu s) | time ratio (cpu) "
+        "| materialised GiB | fused GiB | memory ratio |"
+    )
+    print(header + "\n|" + "---|" * 10, flush=True)
+    rows = []
+    # Memory of the materialised path in units of one N x V float32 buffer, per (loss, V, H),
+    # measured at the smallest N and used to tell whether a larger N fits; before any
+    # measurement, at least the logits and their gradient.
+    buffers: dict[tuple[str, int, int], float] = {}
+    shapes = sorted(args.shapes, key=lambda shape: parse_shape(shape)[::-1])
+    for shape in shapes:
+        n, vocab, size = parse_shape(shape)
+        for loss in args.losses:
+            unit = n * vocab * 4
+            needed = buffers.get((loss, vocab, size), 2.0) * unit
+            if needed > available_bytes() - args.margin_gib * GIB:
+                materialised = {"does_not_fit": True, "needs_bytes": needed}
+            else:
+                materialised = measure("materialised", loss, shape, args.frozen_head, args.dtype)
+                buffers.setdefault((loss, vocab, size), materialised["extra_bytes"] / unit)
+            fused = measure("fused", loss, shape, args.frozen_head, args.dtype)
+            row = {
+                "n": n,
+                "v": vocab,
+                "h": size,
+                "loss": loss,
+                "frozen_head": args.frozen_head,
+                "dtype": args.dtype,
+                "chunk_size": default_chunk_size(vocab),
+                "materialised": materialised,
+                "fused": fused,
+                "time_ratio": ratio(fused["seconds"], materialised.get("seconds")),
+                "cpu_time_ratio": ratio(fused["cpu_seconds"], materialised.get("cpu_seconds")),
+                "memory_ratio": ratio(materialised.get("extra_bytes"), fused["extra_bytes"]),
+            }
+            rows.append(row)
+            if materialised.get("does_not_fit"):
+                mat_time = "does not fit"
+                mat_memory = f"needs ~{needed / GIB:.1f}"
+            else:
+                mat_time = f"{materialised['seconds']:.2f} ({materialised['cpu_seconds']:.1f})"
+                mat_memory = f"{materialised['extra_bytes'] / GIB:.2f}"
+            print(
+                f"| {n} | {vocab} | {size} | {loss} | {mat_time} "
+                f"| {fused['seconds']:.2f} ({fused['cpu_seconds']:.1f}) "
+                f"| {cell(row['time_ratio'])} ({cell(row['cpu_time_ratio'])}) | {mat_memory} "
+                f"| {fused['extra_bytes'] / GIB:.2f} | {cell(row['memory_ratio'], 1)}x |",
+                flush=True,
+            )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.exists():
+        measured = {row_key(row) for row in rows}
+        rows = [row for row in json.loads(out.read_text()) if row_key(row) not in measured] + rows
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
