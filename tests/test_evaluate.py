@@ -549,3 +549,29 @@ def test_smollm2_on_gsm8k_and_openbookqa(tmp_path: Path) -> None:
             logprobs = torch.log_softmax(loaded.model(torch.tensor([ids])).logits[0], dim=-1)
         alone.append(sum(logprobs[t - 1, ids[t]].item() for t in range(len(context), len(ids))))
     assert first["logliks"] == pytest.approx(alone, abs=1e-3)
+
+
+def test_roscoe_scores_join_predictions_and_metrics_once(
+    loaded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seglm.metrics import roscoe as roscoe_module
+    from seglm.metrics.roscoe import RoscoeConfig
+
+    config = RoscoeConfig(families=("semantic_similarity",), progress=False)
+    evaluate(loaded, "arith", "test", tmp_path, limit=3, roscoe=config, **FAST)
+    records = lines(tmp_path / "predictions.jsonl")
+    assert all(set(r["roscoe"]) == {"info_chain", "repetition_step"} for r in records)
+    assert all(r["metrics"]["info_chain"] == r["roscoe"]["info_chain"] for r in records)
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["counts"]["info_chain"] == sum(
+        r["roscoe"]["info_chain"] is not None for r in records
+    )
+    assert summary["roscoe"]["scores"] == ["info_chain", "repetition_step"]
+
+    # A rerun (resume) scores nothing again: every record already has its ROSCOE scores.
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("ROSCOE recomputed on resume")
+
+    monkeypatch.setattr(roscoe_module, "add_roscoe_scores", refuse)
+    evaluate(loaded, "arith", "test", tmp_path, limit=3, roscoe=config, **FAST)
+    assert lines(tmp_path / "predictions.jsonl") == records

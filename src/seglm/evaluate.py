@@ -809,8 +809,10 @@ class Throughput:
         }
 
     def describe(self) -> str:
+        """``1.20 ex/s, 150 tok/s`` (generated tokens; none when only scoring choices)."""
         rates = self.to_dict()
-        return f"{rates['examples_per_s']:.2f} ex/s, {rates['tokens_per_s']:.0f} tok/s"
+        text = f"{rates['examples_per_s']:.2f} ex/s"
+        return text + (f", {rates['tokens_per_s']:.0f} tok/s" if self.generated_tokens else "")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -962,6 +964,7 @@ def evaluate(
     allow_task_mismatch: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    roscoe: Any = None,
 ) -> EvalResult:
     """Evaluate a model on ``split`` of ``task`` and write predictions and metrics to ``out_dir``.
 
@@ -972,7 +975,8 @@ def evaluate(
     ``num_fewshot`` exemplars (from the train split). ``batch_size`` None: 32 on CPU, 64 on GPU,
     halved on out-of-memory errors. Everything that can be checked is checked before the model
     is loaded; a rerun into ``out_dir`` resumes (or raises if the settings differ, unless
-    ``overwrite``).
+    ``overwrite``). ``roscoe`` (a ``seglm.metrics.roscoe.RoscoeConfig``) adds ROSCOE scores of
+    each generated chain against its question to predictions.jsonl and metrics.json.
     """
     _check_arguments(scoring, limit, random_subset, batch_size, num_fewshot, max_new_tokens)
     from seglm.models import parse_dtype
@@ -1029,7 +1033,9 @@ def evaluate(
             )
     selection = {"limit": limit, "random_subset": random_subset}
     resumed = len(examples) - len(pending)
-    return finish(out, settings, selection, examples, chosen.answer_format, throughput, resumed)
+    return finish(
+        out, settings, selection, examples, chosen.answer_format, throughput, resumed, roscoe
+    )
 
 
 def _check_arguments(
@@ -1055,6 +1061,26 @@ def _check_arguments(
         raise EvalError("random_subset draws limit examples: give a limit")
 
 
+def add_roscoe(records: list[dict[str, Any]], examples: Sequence[Example], config: Any) -> dict:
+    """ROSCOE scores of each generated chain against its question, kept under ``roscoe`` in the
+    record (computed once: a resumed evaluation scores only new records) and merged into its
+    metrics. Returns the models used and the families skipped, for metrics.json."""
+    from seglm.metrics.roscoe import add_roscoe_scores
+
+    sources = {example.id: example.source for example in examples}
+    todo = [record for record in records if "roscoe" not in record]
+    notes: dict[str, Any] = {"scores": list(config.scores)}
+    if todo:
+        rows = [{"source": sources[r["id"]], "prediction": r["prediction"]} for r in todo]
+        result = add_roscoe_scores(rows, config)
+        for record, row in zip(todo, rows, strict=True):
+            record["roscoe"] = {name: row[name] for name in config.scores}
+        notes.update(models=result.models, skipped=[s.message for s in result.skipped])
+    for record in records:
+        record["metrics"].update(record["roscoe"])
+    return notes
+
+
 def finish(
     out_dir: Path,
     settings: EvalSettings,
@@ -1063,6 +1089,7 @@ def finish(
     answer_format: str,
     throughput: Throughput,
     resumed: int,
+    roscoe: Any = None,
 ) -> EvalResult:
     """Recompute every example's metrics from the predictions file, rewrite it in dataset order
     and write metrics.json."""
@@ -1074,6 +1101,9 @@ def finish(
     chosen = [records.pop(example.id) for example in examples]
     for record in chosen:
         record["metrics"] = example_metrics(answer_format, settings.scoring, record)
+    roscoe_notes = None
+    if roscoe is not None and settings.scoring != "loglik":
+        roscoe_notes = add_roscoe(chosen, examples, roscoe)
     if records:
         logger.warning(
             "%s: %d predictions are not in this selection (another limit or subset); "
@@ -1096,5 +1126,7 @@ def finish(
         summary["finish"] = dict(Counter(record.get("finish", "unknown") for record in chosen))
     summary["unscored_predictions"] = len(records)
     summary["throughput"] = throughput.to_dict()
+    if roscoe_notes is not None:
+        summary["roscoe"] = roscoe_notes
     write_atomically(out_dir / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
     return EvalResult(out_dir, len(chosen), metrics, counts, resumed, throughput.to_dict())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -112,6 +112,14 @@ def register(app: typer.Typer) -> None:
         ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
+        roscoe: Annotated[
+            bool,
+            typer.Option("--roscoe", help="Add ROSCOE reasoning-chain scores (generation only)."),
+        ] = False,
+        roscoe_families: Annotated[
+            str | None,
+            typer.Option(help="Comma-separated ROSCOE families (default: all four)."),
+        ] = None,
     ) -> None:
         """Evaluate MODEL on a task split: predictions.jsonl (resumable) and metrics.json."""
         from seglm.evaluate import evaluate, resolve_model
@@ -146,6 +154,7 @@ def register(app: typer.Typer) -> None:
                 allow_task_mismatch=allow_task_mismatch,
                 overwrite=overwrite,
                 progress=not quiet,
+                roscoe=_roscoe_config(roscoe, roscoe_families),
             )
         except (ValueError, OSError) as error:
             typer.echo(f"error: {error}", err=True)
@@ -154,6 +163,20 @@ def register(app: typer.Typer) -> None:
             typer.echo(result.metrics_path.read_text().strip())
         else:
             _print_summary(result)
+
+
+def _roscoe_config(enabled: bool, families: str | None) -> Any:
+    if not enabled:
+        if families:
+            raise typer.BadParameter("needs --roscoe", param_hint="--roscoe-families")
+        return None
+    from seglm.metrics.roscoe import FAMILIES, RoscoeConfig
+
+    chosen = tuple(f.strip() for f in families.split(",")) if families else FAMILIES
+    try:
+        return RoscoeConfig(families=chosen)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--roscoe-families") from None
 
 
 def default_output_dir(
