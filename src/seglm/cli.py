@@ -22,9 +22,9 @@ def main() -> None:
 
 def _register() -> None:
     # One line per command module; each module exposes ``register(app)``.
-    from seglm.commands import data, eval, losses, score, train
+    from seglm.commands import compare, data, demo, eval, losses, report, score, train
 
-    for module in (data, eval, losses, score, train):
+    for module in (compare, data, demo, eval, losses, report, score, train):
         module.register(app)
 
 

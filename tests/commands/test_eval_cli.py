@@ -42,7 +42,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def eval_args(tiny_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["eval", str(tiny_dir), "--task", "arith", *ARITH, "--output-dir", str(out),
-            "--max-new-tokens", "4", "--quiet", *extra]  # fmt: skip
+            "--max-new-tokens", "4", *extra]  # fmt: skip
 
 
 def test_scoring_choices_are_the_library_ones() -> None:
@@ -53,12 +53,14 @@ def test_eval_writes_predictions_and_prints_metrics(tiny_dir: Path, tmp_path: Pa
     out = tmp_path / "eval"
     result = runner.invoke(app, eval_args(tiny_dir, out, "--limit", "3", "--json"))
     assert result.exit_code == 0, result.output
+    # Progress: one line per batch when stderr is not a terminal.
+    assert re.search(r"arith/test: 3/3 \([0-9.]+ ex/s, [0-9]+ tok/s\)", result.stderr)
     summary = json.loads(result.stdout)
     assert summary["n"] == 3 and summary["task"] == "arith" and summary["limit"] == 3
     assert summary["task_options"]["test_size"] == 4
     assert summary["metrics"]["exact_match"] == 0.0  # a random model
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
-    table = runner.invoke(app, eval_args(tiny_dir, out), env={"COLUMNS": "120"})
+    table = runner.invoke(app, eval_args(tiny_dir, out, "-q"), env={"COLUMNS": "120"})
     assert table.exit_code == 0, table.output
     assert "resumed: 3 predictions were already there" in table.stdout
     assert "arith/test, 4 examples" in table.stdout
@@ -68,13 +70,13 @@ def test_eval_writes_predictions_and_prints_metrics(tiny_dir: Path, tmp_path: Pa
 
 def test_broken_predictions_file_names_the_line(tiny_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    assert runner.invoke(app, eval_args(tiny_dir, out, "--limit", "2")).exit_code == 0
+    assert runner.invoke(app, eval_args(tiny_dir, out, "--limit", "2", "-q")).exit_code == 0
     path = out / "predictions.jsonl"
     first, second = path.read_text().splitlines()
     record = json.loads(second)
     del record["reference"]
     path.write_text(first + "\n" + json.dumps(record) + "\n")
-    result = runner.invoke(app, eval_args(tiny_dir, out))
+    result = runner.invoke(app, eval_args(tiny_dir, out, "-q"))
     assert result.exit_code == 1
     assert f"error: {path}, line 2: missing field 'reference'" in result.stderr
 

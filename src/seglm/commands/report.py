@@ -1,0 +1,71 @@
+"""``seglm report RUNS``: report.md, report.json and figures for a ``seglm compare`` folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from seglm.report import Report
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    def report_command(
+        runs: Annotated[
+            Path,
+            typer.Argument(
+                metavar="RUNS_DIR", help="Runs folder of `seglm compare` (holds grid.json)."
+            ),
+        ],
+        out: Annotated[
+            Path | None, typer.Option(help="Where report.md goes (default: RUNS_DIR).")
+        ] = None,
+        resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
+        seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+        roscoe: Annotated[
+            bool,
+            typer.Option(
+                "--roscoe",
+                help="First score the predictions with ROSCOE (embedding scores; written to "
+                "each cell's roscoe.jsonl) for the correlation heatmap.",
+            ),
+        ] = False,
+    ) -> None:
+        """Tables with 95% intervals and paired tests against CE, and figures."""
+        from seglm.commands.compare import yield_idle_threads
+
+        yield_idle_threads()
+        from seglm.experiments import GridError
+        from seglm.report import build_report, score_roscoe
+
+        try:
+            if roscoe:
+                score_roscoe(runs)
+            report = build_report(runs, out, resamples=resamples, seed=seed)
+        except GridError as error:
+            Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+            raise typer.Exit(1) from None
+        print_report(report)
+
+
+def print_report(report: Report, console: Console | None = None) -> None:
+    """The main table of each (task, model), the headline statistic and the report's path."""
+    from rich.table import Table
+
+    from seglm.report import TABLE_HEADER, headline_text, table_rows
+
+    console = console or Console()
+    for group_report in report.groups:
+        group = group_report.group
+        table = Table(title=f"{group.task} / {group.model}: {len(group.ids)} examples per cell")
+        for index, name in enumerate(TABLE_HEADER):
+            table.add_column(name, no_wrap=index == 0)
+        for row in table_rows(group_report.stats):
+            table.add_row(*row)
+        console.print(table)
+        console.print(headline_text(group_report.headline).replace("**", "").replace("`", ""))
+    console.print(f"report: {report.path}", highlight=False)

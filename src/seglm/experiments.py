@@ -1,0 +1,759 @@
+"""Grids of runs: one model fine-tuned with CE and with each loss, evaluated side by side.
+
+A grid is tasks x models x losses x λ x seeds. Each *cell* trains with ``λ·CE + (1 − λ)·loss``
+(CE alone for ``ce``) and evaluates the result, in its own folder under the runs folder::
+
+    RUNS/grid.json                                  what the grid is (checked on every rerun)
+    RUNS/summary.csv, RUNS/summary.json             one row per cell: status, metrics, timings
+    RUNS/{task}/{model}/base/                       the untrained model, evaluated (optional)
+    RUNS/{task}/{model}/{loss}-lam{λ}/seed{s}/      a run folder (seglm.train) + its evaluation
+
+A cell is finished when its ``metrics.json`` exists: a rerun skips it, so an interrupted grid
+resumes (a half-trained cell continues from its last checkpoint). A cell that fails writes its
+traceback to ``error.txt`` and the grid goes on; a rerun tries it again. Cells that share a seed
+share the data order (the Trainer's data seed) and every cell evaluates the same examples, so
+differences between cells of one seed come from the loss. docs/experiments.md has the details.
+
+Importing this module is cheap: training and evaluation load inside the functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seglm.config import ConfigError, TrainConfig, check_keys, coerce
+
+logger = logging.getLogger(__name__)
+
+GRID_FILE = "grid.json"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_JSON = "summary.json"
+ERROR_FILE = "error.txt"
+METRICS_FILE = "metrics.json"  # written last by seglm.evaluate: its presence finishes a cell
+TRAIN_REPORT = "train_report.json"  # written last by seglm.train
+BASE = "base"
+CE = "ce"
+DEFAULT_LAMBDA = 0.6
+GRID_VERSION = 1
+# Fields each cell sets itself: a grid's shared training settings must not set them.
+CELL_FIELDS = frozenset(
+    {"task", "model", "loss", "seed", "output_dir", "run_name", "overwrite", "resume"}
+)
+GRID_KEYS = (
+    "task",
+    "tasks",
+    "model",
+    "models",
+    "losses",
+    "lambdas",
+    "seeds",
+    "base",
+    "train",
+    "model_train",
+    "eval",
+)
+EVAL_KEYS = ("split", "limit", "max_new_tokens", "dtype", "scoring", "batch_size")
+SUMMARY_HEAD = (
+    "task",
+    "model",
+    "arm",
+    "loss",
+    "lambda",
+    "seed",
+    "status",
+    "dir",
+    "n",
+    "train_s",
+    "eval_s",
+    "steps",
+    "error",
+)
+
+
+class GridError(ValueError):
+    """A grid that cannot run: names the file, key or cell and what was expected."""
+
+
+# -- the grid ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How every cell is evaluated. ``batch_size`` only changes speed, so a rerun may change it;
+    the rest is part of the grid's identity."""
+
+    split: str = "test"
+    limit: int | None = None
+    max_new_tokens: int | None = None
+    dtype: str = "fp32"
+    scoring: str = "generate"
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("limit", "max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise GridError(f"eval.{name} must be an integer, got {value!r}")
+            if value is not None and value < 1:
+                raise GridError(f"eval.{name} must be >= 1, got {value}")
+        if self.dtype not in ("fp32", "bf16", "fp16"):
+            raise GridError(f"eval.dtype must be fp32, bf16 or fp16, got {self.dtype!r}")
+        if self.scoring not in ("generate", "loglik", "both"):
+            raise GridError(f"eval.scoring must be generate, loglik or both, got {self.scoring!r}")
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run and its evaluation; ``loss`` is ``base`` for the untrained model."""
+
+    task: str
+    model: str
+    loss: str
+    lam: float | None  # weight of CE: 1 for CE alone, None for the base model
+    seed: int | None  # None for the base model (greedy evaluation needs no seed)
+
+    @property
+    def is_base(self) -> bool:
+        return self.loss == BASE
+
+    @property
+    def arm(self) -> str:
+        """What a table row compares: ``base``, ``ce-lam1``, ``lovasz-lam0.6``."""
+        return BASE if self.is_base else f"{self.loss}-lam{self.lam:g}"
+
+    @property
+    def relative_dir(self) -> Path:
+        folder = Path(self.task) / model_slug(self.model) / self.arm
+        return folder if self.is_base else folder / f"seed{self.seed}"
+
+    @property
+    def loss_spec(self) -> str:
+        """The TrainConfig loss spec: ``ce=1`` or ``ce=0.6,lovasz=0.4``."""
+        if self.loss == CE:
+            return "ce=1"
+        assert self.lam is not None
+        return f"ce={self.lam:g},{self.loss}={1 - self.lam:.6g}"
+
+
+def model_slug(model: str) -> str:
+    """A folder name for a model: the last part of its id or path, lower case."""
+    return re.sub(r"[^a-z0-9.]+", "-", Path(model).name.lower()).strip("-") or "model"
+
+
+@dataclass
+class Grid:
+    """tasks x models x losses x λ x seeds, with the training and evaluation settings every cell
+    shares (``train``: TrainConfig fields, a ``preset`` allowed; ``eval``: :class:`EvalSpec`).
+    ``model_train`` adds settings for one model (e.g. its LoRA target modules); ``base`` also
+    evaluates each untrained model."""
+
+    tasks: list[str]
+    models: list[str]
+    losses: list[str]
+    lambdas: list[float] = field(default_factory=lambda: [DEFAULT_LAMBDA])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    base: bool = False
+    train: dict[str, Any] = field(default_factory=dict)
+    model_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def __post_init__(self) -> None:
+        from seglm.losses import canonical_loss_name
+
+        for name in ("tasks", "models", "losses", "seeds"):
+            if not getattr(self, name):
+                raise GridError(f"empty grid: '{name}' lists nothing")
+        try:
+            self.losses = _distinct(canonical_loss_name(loss) for loss in self.losses)
+        except ValueError as error:
+            raise GridError(f"losses: {error}") from None
+        self.tasks = _distinct(task.strip().lower() for task in self.tasks)
+        self.models = _distinct(self.models)
+        self.seeds = _distinct(self.seeds)
+        self.lambdas = _distinct(float(lam) for lam in self.lambdas)
+        self._check_values()
+        self.train = _check_train_settings(self.train, "train")
+        for model, settings in self.model_train.items():
+            if model not in self.models:
+                raise GridError(f"model_train: {model!r} is not one of the grid's models")
+            where = f"model_train: {model}"
+            self.model_train[model] = _check_train_settings(_mapping(settings, where), where)
+
+    def _check_values(self) -> None:
+        if any(loss != CE for loss in self.losses) and not self.lambdas:
+            raise GridError("empty grid: 'lambdas' lists nothing (losses other than ce need λ)")
+        for lam in self.lambdas:
+            if not 0 <= lam < 1:
+                raise GridError(
+                    f"lambdas: λ is the weight of CE, in [0, 1); got {lam:g} "
+                    "(λ = 1 is CE alone: list 'ce' in losses)"
+                )
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise GridError(f"seeds: expected integers >= 0, got {seed!r}")
+        slugs: dict[str, str] = {}
+        for model in self.models:
+            other = slugs.setdefault(model_slug(model), model)
+            if other != model:
+                raise GridError(
+                    f"models {other!r} and {model!r} would share the folder "
+                    f"{model_slug(model)!r}; rename one of the folders"
+                )
+
+    def cells(self) -> list[Cell]:
+        """Every cell, seed by seed: an interrupted grid has whole seeds to compare."""
+        cells: list[Cell] = []
+        for task in self.tasks:
+            for model in self.models:
+                if self.base:
+                    cells.append(Cell(task, model, BASE, None, None))
+                for seed in self.seeds:
+                    for loss in self.losses:
+                        lambdas = [1.0] if loss == CE else self.lambdas
+                        cells.extend(Cell(task, model, loss, lam, seed) for lam in lambdas)
+        return cells
+
+    def identity(self) -> dict[str, Any]:
+        """What every cell shares; a rerun into the same folder must have the same."""
+        return {
+            "tasks": self.tasks,
+            "models": self.models,
+            "train": _resolved_train(self.train, self.tasks[0], self.models[0]),
+            "model_train": self.model_train,
+            "eval": self.eval.identity(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": GRID_VERSION,
+            **self.identity(),
+            "losses": self.losses,
+            "lambdas": self.lambdas,
+            "seeds": self.seeds,
+            "base": self.base,
+            "settings": {"train": self.train, "eval": dataclasses.asdict(self.eval)},
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str) -> Grid:
+        """A grid from a grid file's mapping (``task``/``model`` may be single names, ``seeds``
+        a count N for seeds 0..N-1)."""
+        unknown = [key for key in values if key not in GRID_KEYS]
+        if unknown:
+            raise GridError(
+                f"{where}: unknown key {unknown[0]!r}; expected some of {', '.join(GRID_KEYS)}"
+            )
+        try:
+            return cls(
+                tasks=_names(values, "task", "tasks", where),
+                models=_names(values, "model", "models", where),
+                losses=_text_list(values.get("losses"), f"{where}: losses"),
+                lambdas=_number_list(values.get("lambdas", [DEFAULT_LAMBDA]), where),
+                seeds=parse_seeds(values.get("seeds", 1), f"{where}: seeds"),
+                base=_boolean(values.get("base", False), f"{where}: base"),
+                train=_mapping(values.get("train"), f"{where}: train"),
+                model_train=_mapping(values.get("model_train"), f"{where}: model_train"),
+                eval=_eval_spec(values.get("eval"), where),
+            )
+        except GridError as error:
+            message = str(error)
+            raise GridError(
+                message if message.startswith(where) else f"{where}: {message}"
+            ) from None
+
+
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
+
+
+def _check_train_settings(train: dict[str, Any], where: str) -> dict[str, Any]:
+    try:
+        check_keys(train, where)
+    except ConfigError as error:
+        raise GridError(str(error)) from None
+    fixed = sorted(CELL_FIELDS.intersection(train))
+    if fixed:
+        raise GridError(
+            f"{where}: {', '.join(fixed)} is set by each cell (from tasks, models, losses, "
+            "lambdas, seeds and the runs folder); remove it from the shared settings"
+        )
+    try:
+        return {key: coerce(key, value, where) for key, value in train.items()}
+    except ConfigError as error:
+        raise GridError(str(error)) from None
+
+
+def _resolved_train(train: dict[str, Any], task: str, model: str) -> dict[str, Any]:
+    """The shared training settings after presets and defaults (cell fields left out)."""
+    from seglm.config import resolve_config
+
+    try:
+        config = resolve_config(overrides={**train, "task": task, "model": model})
+    except ConfigError as error:
+        raise GridError(f"train: {error}") from None
+    identity = config.identity()
+    return {k: v for k, v in identity.items() if k not in CELL_FIELDS | {"preset"}}
+
+
+def _names(values: dict[str, Any], single: str, plural: str, where: str) -> list[str]:
+    if single in values and plural in values:
+        raise GridError(f"{where}: give {single!r} or {plural!r}, not both")
+    if single not in values and plural not in values:
+        raise GridError(f"{where}: missing {plural!r} (or {single!r})")
+    return _text_list(values.get(plural, values.get(single)), f"{where}: {plural}")
+
+
+def _text_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        raise GridError(f"{what}: missing; expected a list of names")
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str | int | float) for i in items):
+        raise GridError(f"{what}: expected a list of names, got {value!r}")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _number_list(value: Any, where: str) -> list[float]:
+    items = _text_list(value if isinstance(value, list | str) else [value], f"{where}: lambdas")
+    try:
+        return [float(item) for item in items]
+    except ValueError:
+        raise GridError(f"{where}: lambdas: expected numbers, got {value!r}") from None
+
+
+def parse_seeds(value: Any, what: str = "seeds") -> list[int]:
+    """A count N (seeds 0..N-1) or a list of seeds (``[42, 43]`` or ``"42,43"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise GridError(f"{what}: a count of seeds must be >= 1, got {value}")
+        return list(range(value))
+    if isinstance(value, str) and "," not in value:
+        try:
+            return parse_seeds(int(value), what)
+        except ValueError:
+            raise GridError(
+                f"{what}: expected a count or a list of integers, got {value!r}"
+            ) from None
+    items = _text_list(value, what)
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise GridError(f"{what}: expected integers, got {value!r}") from None
+
+
+def _boolean(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise GridError(f"{what}: expected true or false, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise GridError(f"{what}: expected a mapping of settings, got {value!r}")
+    return dict(value)
+
+
+def _eval_spec(value: Any, where: str) -> EvalSpec:
+    values = _mapping(value, f"{where}: eval")
+    unknown = [key for key in values if key not in EVAL_KEYS]
+    if unknown:
+        raise GridError(
+            f"{where}: eval: unknown key {unknown[0]!r}; expected some of {', '.join(EVAL_KEYS)}"
+        )
+    return EvalSpec(**values)
+
+
+def load_grid(path: str | os.PathLike[str]) -> Grid:
+    """A grid from a YAML file (docs/experiments.md shows the format)."""
+    return Grid.from_dict(read_grid_values(path), str(path))
+
+
+def read_grid_values(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A grid file's mapping, not yet checked."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise GridError(f"cannot read grid file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise GridError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise GridError(f"{path}: expected a mapping (tasks, models, losses, ...)")
+    return values
+
+
+# -- checks before anything trains -------------------------------------------------------------
+
+
+def cell_config(grid: Grid, cell: Cell, root: Path) -> TrainConfig:
+    """The training config of a (non-base) cell."""
+    from seglm.config import resolve_config
+
+    overrides = {
+        **grid.train,
+        **grid.model_train.get(cell.model, {}),
+        "task": cell.task,
+        "model": cell.model,
+        "loss": cell.loss_spec,
+        "seed": cell.seed,
+        "output_dir": str(root / cell.relative_dir),
+        "run_name": "/".join(cell.relative_dir.parts),
+    }
+    try:
+        return resolve_config(overrides=overrides)
+    except ConfigError as error:
+        raise GridError(f"cell {cell.relative_dir}: {error}") from None
+
+
+def check_grid(grid: Grid, root: Path) -> None:
+    """Refuse what would fail in every cell: unknown tasks, splits or models, bad settings."""
+    from seglm.tasks import get_task
+    from seglm.train import build_objective, check_environment, check_model_name, check_task_name
+
+    for task in grid.tasks:
+        config = cell_config(grid, Cell(task, grid.models[0], CE, 1.0, grid.seeds[0]), root)
+        try:
+            check_task_name(task)
+            get_task(task, **config.task_options).resolve_split(grid.eval.split)
+            check_environment(config)
+        except (ConfigError, ValueError) as error:
+            raise GridError(f"task {task!r}: {error}") from None
+    for model in grid.models:
+        try:
+            check_model_name(model)
+        except ConfigError as error:
+            raise GridError(str(error)) from None
+        _check_tokenizer(model)
+    for cell in grid.cells():
+        if not cell.is_base:
+            try:
+                build_objective(cell_config(grid, cell, root))
+            except ConfigError as error:
+                raise GridError(f"cell {cell.relative_dir}: {error}") from None
+
+
+def _check_tokenizer(model: str) -> None:
+    """A model that does not exist fails here, not in the first cell's training."""
+    from seglm.models import load_tokenizer
+
+    try:
+        load_tokenizer(model)
+    except Exception as error:  # any loader failure means the same: no such model here
+        raise GridError(f"model {model!r} cannot be loaded: {error}") from None
+
+
+# -- the runs folder ---------------------------------------------------------------------------
+
+
+def read_grid_file(root: Path) -> dict[str, Any]:
+    path = root / GRID_FILE
+    try:
+        values = json.loads(path.read_text())
+    except OSError as error:
+        raise GridError(f"{root} holds no grid ({GRID_FILE}: {error.strerror})") from None
+    except ValueError as error:
+        raise GridError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise GridError(f"{path}: not a seglm grid file (expected a JSON object)")
+    missing = [
+        key for key in ("tasks", "models", "losses", "lambdas", "seeds") if key not in values
+    ]
+    if missing:
+        raise GridError(f"{path}: not a seglm grid file (missing {', '.join(missing)})")
+    return values
+
+
+def grid_cells(values: dict[str, Any]) -> list[Cell]:
+    """The cells a grid file describes."""
+    grid = Grid(
+        tasks=values["tasks"],
+        models=values["models"],
+        losses=values["losses"],
+        lambdas=values["lambdas"],
+        seeds=values["seeds"],
+        base=values.get("base", False),
+    )
+    return grid.cells()
+
+
+def _differences(previous: Any, current: Any, prefix: str = "") -> list[str]:
+    if isinstance(previous, dict) and isinstance(current, dict):
+        found = []
+        for key in _distinct([*previous, *current]):
+            found += _differences(previous.get(key), current.get(key), f"{prefix}{key}.")
+        return found
+    if previous != current:
+        return [f"{prefix.rstrip('.')}: {previous!r} -> {current!r}"]
+    return []
+
+
+def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
+    """Write grid.json, or check that the folder's grid is compatible and extend its axes
+    (more losses, λ or seeds); an incompatible grid is refused naming the differing keys."""
+    current = grid.to_dict()
+    if not _is_main_process():  # rank 0 checks and writes the folder
+        return current
+    path = root / GRID_FILE
+    if path.is_file():
+        previous = read_grid_file(root)
+        changed = _differences(
+            {key: previous.get(key) for key in ("tasks", "models", "train", "model_train", "eval")},
+            grid.identity(),
+        )
+        if changed:
+            raise GridError(
+                f"{root} holds another grid ({'; '.join(changed)}); a grid may only be extended "
+                "with more losses, lambdas or seeds: use another runs folder"
+            )
+        for axis in ("losses", "lambdas", "seeds"):
+            current[axis] = _distinct([*previous[axis], *current[axis]])
+        current["base"] = bool(previous.get("base")) or grid.base
+    elif root.exists() and any(root.iterdir()):
+        raise GridError(
+            f"{root} is not empty and holds no {GRID_FILE}: choose a new or empty runs folder"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, json.dumps(current, indent=2) + "\n")
+    return current
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+# -- running cells -----------------------------------------------------------------------------
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    """Under a multi-process launch, ranks wait for rank 0's evaluation of a cell."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@dataclass
+class CellOutcome:
+    cell: Cell
+    status: str  # finished, skipped (finished before), failed
+    seconds: float
+    error: str | None = None
+
+
+def run_cell(grid: Grid, cell: Cell, root: Path, progress: bool = True) -> CellOutcome:
+    """Train (unless the base model or already trained) and evaluate one cell; a failure is
+    written to the cell's error.txt and returned, never raised."""
+    folder = root / cell.relative_dir
+    if (folder / METRICS_FILE).is_file():
+        return CellOutcome(cell, "skipped", 0.0)
+    started = time.perf_counter()
+    (folder / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        if cell.is_base:
+            config = cell_config(grid, Cell(cell.task, cell.model, CE, 1.0, grid.seeds[0]), root)
+            _evaluate_on_main_process(grid, cell.model, folder, config, config.task, progress)
+        else:
+            config = cell_config(grid, cell, root)
+            if not (folder / TRAIN_REPORT).is_file():
+                _train(config, progress)
+            _barrier()
+            _evaluate_on_main_process(grid, folder, folder, config, None, progress)
+    except Exception as error:  # one failed cell must not stop the grid
+        if _is_main_process():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / ERROR_FILE).write_text(traceback.format_exc())
+        summary = f"{type(error).__name__}: {error}".splitlines()[0]
+        return CellOutcome(cell, "failed", time.perf_counter() - started, summary)
+    return CellOutcome(cell, "finished", time.perf_counter() - started)
+
+
+def _train(config: TrainConfig, progress: bool) -> None:
+    from seglm.train import train
+
+    folder = config.run_dir
+    if (folder / "config.yaml").is_file():
+        # An interrupted attempt: continue from its last checkpoint, or start it again.
+        has_checkpoint = any(folder.glob("checkpoint-*"))
+        config = dataclasses.replace(config, resume=has_checkpoint, overwrite=not has_checkpoint)
+    train(config, progress=progress)
+
+
+def _evaluate_on_main_process(
+    grid: Grid,
+    model_ref: str | Path,
+    folder: Path,
+    config: TrainConfig,
+    task: str | None,
+    progress: bool,
+) -> None:
+    """Evaluation is not distributed: rank 0 evaluates while the others wait, so that every
+    process starts the next cell together, whether the evaluation succeeded or not."""
+    try:
+        if _is_main_process():
+            _evaluate(grid, model_ref, folder, config, task, progress)
+    finally:
+        _barrier()
+
+
+def _evaluate(
+    grid: Grid,
+    model_ref: str | Path,
+    folder: Path,
+    config: TrainConfig,
+    task: str | None,
+    progress: bool,
+) -> None:
+    from seglm.evaluate import evaluate
+
+    evaluate(
+        str(model_ref),
+        task,
+        grid.eval.split,
+        folder,
+        task_options=config.task_options if task is not None else None,
+        scoring=grid.eval.scoring,
+        limit=grid.eval.limit,
+        batch_size=grid.eval.batch_size,
+        dtype=grid.eval.dtype,
+        max_new_tokens=grid.eval.max_new_tokens,
+        data_dir=config.data_dir,
+        progress=progress,
+    )
+
+
+@dataclass
+class GridRun:
+    root: Path
+    outcomes: list[CellOutcome]
+    rows: list[dict[str, Any]]
+    seconds: float
+
+    def count(self, status: str) -> int:
+        return sum(outcome.status == status for outcome in self.outcomes)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"``: this process runs the cells whose position modulo n is i."""
+    index, sep, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise GridError(f"shard must look like i/n with 0 <= i < n, got {text!r}")
+    return shard
+
+
+def run_grid(
+    grid: Grid,
+    root: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    on_cell: Callable[[int, int, CellOutcome], None] = lambda position, total, outcome: None,
+) -> GridRun:
+    """Check the grid, then run its unfinished cells (those of ``shard``) one by one, rewriting
+    the summary after each. Raises :class:`GridError` before anything trains."""
+    root = Path(root)
+    started = time.perf_counter()
+    check_grid(grid, root)
+    prepare_root(grid, root)
+    mine = [cell for i, cell in enumerate(grid.cells()) if i % shard[1] == shard[0]]
+    outcomes = []
+    for position, cell in enumerate(mine, start=1):
+        outcome = run_cell(grid, cell, root, progress)
+        outcomes.append(outcome)
+        if _is_main_process():
+            write_summary(root)
+            on_cell(position, len(mine), outcome)
+    rows = summarize(root)
+    return GridRun(root, outcomes, rows, time.perf_counter() - started)
+
+
+# -- the summary -------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def cell_row(root: Path, cell: Cell) -> dict[str, Any]:
+    """A cell's status, metrics and timings, as one summary row."""
+    folder = root / cell.relative_dir
+    row: dict[str, Any] = {
+        "task": cell.task,
+        "model": cell.model,
+        "arm": cell.arm,
+        "loss": cell.loss,
+        "lambda": cell.lam,
+        "seed": cell.seed,
+        "dir": str(cell.relative_dir),
+    }
+    metrics = read_json(folder / METRICS_FILE)
+    trained = read_json(folder / TRAIN_REPORT) or {}
+    if metrics is not None:
+        row["status"] = "finished"
+        row["n"] = metrics.get("n")
+        row["eval_s"] = (metrics.get("throughput") or {}).get("seconds")
+        row.update(metrics.get("metrics", {}))
+    elif (folder / ERROR_FILE).is_file():
+        row["status"] = "failed"
+        lines = (folder / ERROR_FILE).read_text().strip().splitlines()
+        row["error"] = lines[-1] if lines else "unknown error"
+    else:
+        row["status"] = "pending"
+    row["train_s"] = trained.get("wall_time_s")
+    row["steps"] = trained.get("global_step")
+    return row
+
+
+def summarize(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    root = Path(root)
+    return [cell_row(root, cell) for cell in grid_cells(read_grid_file(root))]
+
+
+def write_summary(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """summary.json (the grid and one row per cell) and summary.csv (the same rows)."""
+    root = Path(root)
+    rows = summarize(root)
+    payload = {"grid": read_grid_file(root), "cells": rows}
+    _write_atomically(root / SUMMARY_JSON, json.dumps(payload, indent=2) + "\n")
+    columns = _distinct([*SUMMARY_HEAD, *(key for row in rows for key in row)])
+    staging = root / f".{SUMMARY_CSV}.{os.getpid()}.tmp"
+    with staging.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(staging, root / SUMMARY_CSV)
+    return rows
+
+
+def finished_cells(root: Path, cells: Sequence[Cell]) -> list[Cell]:
+    return [cell for cell in cells if (root / cell.relative_dir / METRICS_FILE).is_file()]

@@ -1,0 +1,106 @@
+"""Stand-ins for ``seglm.train.train`` and ``seglm.evaluate.evaluate`` that write what the real
+ones write (run folder files, predictions, metrics) in milliseconds, with scores chosen by the
+test. They let grid and report tests check resuming, failures and statistics without a model."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from seglm.config import TrainConfig, write_config
+
+EXAMPLES = 40
+COMPONENTS = ("ce", "focal", "sadl", "gdice", "lovasz")
+
+
+def arm_of(folder: Path) -> tuple[str, int | None]:
+    """(arm, seed) from a cell folder: ``.../lovasz-lam0.6/seed1`` or ``.../base``."""
+    if folder.name.startswith("seed"):
+        return folder.parent.name, int(folder.name[4:])
+    return folder.name, None
+
+
+def example_scores(rate: float, arm: str, seed: int | None, examples: int) -> np.ndarray:
+    """0/1 exact match with about ``rate`` right, fixed for an (arm, seed)."""
+    rng = np.random.default_rng(zlib.crc32(f"{arm}/{seed}".encode()))
+    return (rng.random(examples) < rate).astype(float)
+
+
+class FakeRuns:
+    """Counts calls; ``rates`` gives each arm's exact-match rate (default 0.3); ``fail`` names
+    arms whose training raises."""
+
+    def __init__(
+        self,
+        rates: dict[str, float] | None = None,
+        fail: Callable[[str], bool] = lambda arm: False,
+        examples: int = EXAMPLES,
+        roscoe: bool = False,
+    ) -> None:
+        self.rates = rates or {}
+        self.fail = fail
+        self.examples = examples
+        self.roscoe = roscoe
+        self.trained: list[Path] = []
+        self.evaluated: list[Path] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeRuns:
+        monkeypatch.setattr("seglm.train.train", self.train)
+        monkeypatch.setattr("seglm.evaluate.evaluate", self.evaluate)
+        return self
+
+    def train(self, config: TrainConfig, progress: bool = True) -> None:
+        folder = config.run_dir
+        arm, _ = arm_of(folder)
+        self.trained.append(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_config(config, folder / "config.yaml")
+        if self.fail(arm):
+            raise RuntimeError(f"training of {arm} diverged")
+        weights = dict(part.split("=") for part in config.loss.split(","))
+        events = []
+        for step in range(1, 6):
+            terms = {f"loss_{name}": 2.0 / step + COMPONENTS.index(name) for name in weights}
+            total = sum(float(w) * terms[f"loss_{n}"] for n, w in weights.items())
+            events.append({"step": step, "epoch": step / 5, "loss": total, **terms})
+        text = "".join(json.dumps(event) + "\n" for event in events)
+        (folder / "log.jsonl").write_text(text)
+        report = {"global_step": 5, "wall_time_s": 1.5}
+        (folder / "train_report.json").write_text(json.dumps(report))
+
+    def evaluate(self, model_ref: Any, task: str | None, split: str, out_dir: Any, **options: Any):
+        folder = Path(out_dir)
+        arm, seed = arm_of(folder)
+        self.evaluated.append(folder)
+        limit = options.get("limit") or self.examples
+        scores = example_scores(self.rates.get(arm, 0.3), arm, seed, limit)
+        records = []
+        for index, right in enumerate(scores):
+            metrics: dict[str, Any] = {
+                "exact_match": right,
+                "iou": 0.5 * right + 0.25,
+                "missing_steps": 0.5 - 0.4 * right,
+                "extra_steps": 0.1,
+                "repetitions": 0.0,
+                "wrong_operators": 0.2 * (1 - right),
+                "inverted_operands": 0.05,
+            }
+            if self.roscoe:
+                metrics["faithfulness_step"] = 0.6 + 0.3 * right + 0.01 * (index % 5)
+                metrics["info_chain"] = 0.7 - 0.01 * (index % 7)
+            record = {"id": f"arith/test/{index}", "prompt": "Q", "prediction": "P"}
+            records.append({**record, "reference": "R", "metrics": metrics})
+        folder.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        (folder / "predictions.jsonl").write_text(text)
+        settings = {"task": task or "arith", "split": split, "dtype": options.get("dtype")}
+        (folder / "eval_config.json").write_text(json.dumps(settings))
+        means = {name: float(np.mean([r["metrics"][name] for r in records])) for name in metrics}
+        summary = {"n": len(records), "metrics": means, "throughput": {"seconds": 0.5}}
+        (folder / "metrics.json").write_text(json.dumps(summary))

@@ -1,0 +1,333 @@
+"""seglm.experiments: grids of cells, resume, failures, grid identity and bad input.
+
+One test trains and evaluates a tiny random Llama for real; the others use fast stand-ins for
+training and evaluation (grid_fakes), which write the same files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grid_fakes import FakeRuns
+from train._helpers import one_torch_thread, save_tiny_model
+
+from seglm.experiments import (
+    GRID_FILE,
+    Cell,
+    EvalSpec,
+    Grid,
+    GridError,
+    cell_config,
+    load_grid,
+    parse_seeds,
+    parse_shard,
+    run_grid,
+    summarize,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def tiny_grid(model: Path, **changes: Any) -> Grid:
+    values: dict[str, Any] = {
+        "tasks": ["arith"],
+        "models": [str(model)],
+        "losses": ["ce", "lovasz"],
+        "seeds": [0, 1],
+        "train": {
+            "task_options": {"train_size": 16, "validation_size": 4, "test_size": 6},
+            "max_length": 96,
+            "max_steps": 2,
+            "batch_size": 4,
+            "learning_rate": 1e-2,
+            "eval_split": "none",
+            "logging_steps": 1,
+        },
+        "eval": EvalSpec(split="test", limit=3, max_new_tokens=4),
+        **changes,
+    }
+    return Grid(**values)
+
+
+def test_tiny_grid_trains_evaluates_and_summarises(tiny_model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    result = run_grid(tiny_grid(tiny_model, base=True), root, progress=False)
+    assert [o.status for o in result.outcomes] == ["finished"] * 5
+    model = tiny_model.name
+    cell = root / "arith" / model / "lovasz-lam0.6" / "seed1"
+    for name in ("config.yaml", "adapter_model.safetensors", "log.jsonl", "train_report.json"):
+        assert (cell / name).is_file(), name
+    for name in ("predictions.jsonl", "metrics.json", "eval_config.json"):
+        assert (cell / name).is_file(), name
+    assert "loss: ce=0.6,lovasz=0.4" in (cell / "config.yaml").read_text()
+    assert "seed: 1" in (cell / "config.yaml").read_text()
+    assert (root / "arith" / model / "ce-lam1" / "seed0" / "metrics.json").is_file()
+    base = root / "arith" / model / "base"
+    assert (base / "metrics.json").is_file() and not (base / "config.yaml").exists()
+    # Every cell evaluated the same three examples.
+    ids = {
+        tuple(json.loads(line)["id"] for line in (root / o.cell.relative_dir / "predictions.jsonl")
+              .read_text().splitlines())
+        for o in result.outcomes
+    }  # fmt: skip
+    assert ids == {("arith/test/0", "arith/test/1", "arith/test/2")}
+    # Same seed, same data order: the first logged CE term is the same whatever the loss, since
+    # both start from the same weights on the same first batch.
+    first = {}
+    for arm in ("ce-lam1", "lovasz-lam0.6"):
+        log = (root / "arith" / model / arm / "seed0" / "log.jsonl").read_text().splitlines()
+        first[arm] = json.loads(log[0])["loss_ce"]
+    assert first["ce-lam1"] == pytest.approx(first["lovasz-lam0.6"], rel=1e-5)
+
+    rows = json.loads((root / "summary.json").read_text())["cells"]
+    assert [row["status"] for row in rows] == ["finished"] * 5
+    assert {row["arm"] for row in rows} == {"base", "ce-lam1", "lovasz-lam0.6"}
+    with (root / "summary.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 5 and "exact_match" in table[0] and table[0]["status"] == "finished"
+    assert all(row["n"] == "3" for row in table)
+
+
+def test_rerun_skips_finished_cells_and_extends(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = FakeRuns().install(monkeypatch)
+    root = tmp_path / "runs"
+    run_grid(tiny_grid(tiny_model), root, progress=False)
+    assert len(fakes.trained) == 4 and len(fakes.evaluated) == 4
+    again = run_grid(tiny_grid(tiny_model), root, progress=False)
+    assert [o.status for o in again.outcomes] == ["skipped"] * 4
+    assert len(fakes.trained) == 4
+    # More seeds and a new loss: only the new cells run; the grid file keeps the union.
+    extended = run_grid(
+        tiny_grid(tiny_model, seeds=[0, 1, 2], losses=["ce", "focal"]), root, progress=False
+    )
+    assert sorted(
+        str(o.cell.relative_dir) for o in extended.outcomes if o.status == "finished"
+    ) == [
+        f"arith/{tiny_model.name}/ce-lam1/seed2",
+        f"arith/{tiny_model.name}/focal-lam0.6/seed0",
+        f"arith/{tiny_model.name}/focal-lam0.6/seed1",
+        f"arith/{tiny_model.name}/focal-lam0.6/seed2",
+    ]
+    grid = json.loads((root / GRID_FILE).read_text())
+    assert grid["losses"] == ["ce", "lovasz", "focal"] and grid["seeds"] == [0, 1, 2]
+    statuses = {row["dir"].split("/", 2)[2]: row["status"] for row in summarize(root)}
+    assert statuses["lovasz-lam0.6/seed2"] == "pending"  # in the union, never asked for
+    assert statuses["focal-lam0.6/seed2"] == "finished"
+
+
+def test_trained_but_unevaluated_cell_is_only_evaluated(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = FakeRuns().install(monkeypatch)
+    root = tmp_path / "runs"
+    run_grid(tiny_grid(tiny_model, seeds=[0]), root, progress=False)
+    (root / "arith" / tiny_model.name / "ce-lam1" / "seed0" / "metrics.json").unlink()
+    run_grid(tiny_grid(tiny_model, seeds=[0]), root, progress=False)
+    assert len(fakes.trained) == 2 and len(fakes.evaluated) == 3
+
+
+def test_failed_cell_is_recorded_and_the_grid_goes_on(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    FakeRuns(fail=lambda arm: arm.startswith("lovasz")).install(monkeypatch)
+    root = tmp_path / "runs"
+    result = run_grid(tiny_grid(tiny_model), root, progress=False)
+    assert [o.status for o in result.outcomes] == ["finished", "failed", "finished", "failed"]
+    assert result.outcomes[1].error == "RuntimeError: training of lovasz-lam0.6 diverged"
+    failed = root / "arith" / tiny_model.name / "lovasz-lam0.6" / "seed0"
+    assert "Traceback" in (failed / "error.txt").read_text()
+    rows = {row["dir"]: row for row in summarize(root)}
+    row = rows[f"arith/{tiny_model.name}/lovasz-lam0.6/seed0"]
+    assert row["status"] == "failed" and "diverged" in row["error"]
+    # A rerun retries the failed cells (the half-made run folder is started again).
+    fakes = FakeRuns().install(monkeypatch)
+    retry = run_grid(tiny_grid(tiny_model), root, progress=False)
+    assert [o.status for o in retry.outcomes] == ["skipped", "finished", "skipped", "finished"]
+    assert len(fakes.trained) == 2 and not (failed / "error.txt").exists()
+
+
+def test_incompatible_grid_is_refused_naming_the_keys(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = FakeRuns().install(monkeypatch)
+    root = tmp_path / "runs"
+    run_grid(tiny_grid(tiny_model, seeds=[0]), root, progress=False)
+    changed = tiny_grid(tiny_model, seeds=[0], eval=EvalSpec(split="test", limit=5))
+    changed.train["learning_rate"] = 0.5
+    with pytest.raises(GridError) as error:
+        run_grid(changed, root, progress=False)
+    message = str(error.value)
+    assert "train.learning_rate: 0.01 -> 0.5" in message
+    assert "eval.limit: 3 -> 5" in message
+    assert len(fakes.trained) == 2
+    # Only the evaluation batch size may change (it changes speed, not results).
+    faster = tiny_grid(
+        tiny_model, seeds=[0], eval=EvalSpec(split="test", limit=3, max_new_tokens=4, batch_size=2)
+    )
+    assert [o.status for o in run_grid(faster, root, progress=False).outcomes] == ["skipped"] * 2
+
+
+def test_folder_that_is_not_a_grid_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(GridError, match=r"not empty and holds no grid\.json"):
+        run_grid(tiny_grid(tiny_model), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"losses": []}, "empty grid: 'losses'"),
+        ({"seeds": []}, "empty grid: 'seeds'"),
+        ({"losses": ["ce", "lovaz"]}, "unknown loss 'lovaz'; did you mean 'lovasz'"),
+        ({"lambdas": [1.2]}, "λ is the weight of CE, in \\[0, 1\\)"),
+        ({"seeds": [-1]}, "seeds: expected integers >= 0"),
+        ({"train": {"loss": "ce"}}, "train: loss is set by each cell"),
+        ({"train": {"learning_rat": 1.0}}, "did you mean 'learning_rate'"),
+        ({"train": {"max_steps": "many"}}, "max_steps' expects an integer"),
+    ],
+)
+def test_bad_grids_are_refused(tiny_model: Path, changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(GridError, match=message):
+        tiny_grid(tiny_model, **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"models": ["smollm2-135m-instrct"]}, "did you mean 'smollm2-135m-instruct'"),
+        ({"models": ["/no/such/model"]}, "'/no/such/model' does not exist"),
+        ({"models": ["org/no-such-model"]}, "model 'org/no-such-model' cannot be loaded"),
+        ({"tasks": ["arithmetic"]}, "unknown task 'arithmetic'"),
+        ({"eval": EvalSpec(split="dev")}, "has no split 'dev'"),
+        ({"train": {"dtype": "fp16"}}, "fp16"),
+    ],
+)
+def test_missing_model_task_or_split_is_refused_before_training(
+    tiny_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, Any],
+    message: str,
+) -> None:
+    fakes = FakeRuns().install(monkeypatch)
+    grid = tiny_grid(tiny_model, **changes)
+    with pytest.raises(GridError, match=message):
+        run_grid(grid, tmp_path / "runs", progress=False)
+    assert fakes.trained == [] and not (tmp_path / "runs").exists()
+
+
+def test_cells_order_names_and_loss_specs() -> None:
+    grid = Grid(
+        tasks=["arith"], models=["org/Some-Model"], losses=["ce", "gdice"], lambdas=[0.6, 0.8],
+        seeds=[3], base=True,
+    )  # fmt: skip
+    cells = grid.cells()
+    assert [str(cell.relative_dir) for cell in cells] == [
+        "arith/some-model/base",
+        "arith/some-model/ce-lam1/seed3",
+        "arith/some-model/gdice-lam0.6/seed3",
+        "arith/some-model/gdice-lam0.8/seed3",
+    ]
+    assert [cell.loss_spec for cell in cells[1:]] == [
+        "ce=1",
+        "ce=0.6,gdice=0.4",
+        "ce=0.8,gdice=0.2",
+    ]
+    assert Cell("arith", "m", "lovasz", 0.0, 0).loss_spec == "ce=0,lovasz=1"
+
+
+def test_grid_file_and_its_errors(tmp_path: Path) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        "task: arith\nmodel: smollm2-135m-instruct\nlosses: [ce, focal]\nlambdas: [0.6, 0.8]\n"
+        "seeds: 2\ntrain:\n  max_steps: 50\neval:\n  limit: 100\n  dtype: bf16\n"
+    )
+    grid = load_grid(path)
+    assert grid.tasks == ["arith"] and grid.seeds == [0, 1] and grid.lambdas == [0.6, 0.8]
+    assert grid.train == {"max_steps": 50} and grid.eval == EvalSpec(limit=100, dtype="bf16")
+    path.write_text("task: arith\nmodel: m\nlosses: [ce]\nseed: 3\n")
+    with pytest.raises(GridError, match=f"{path}: unknown key 'seed'"):
+        load_grid(path)
+    path.write_text("task: arith\nmodel: m\nlosses: [ce]\neval:\n  limt: 3\n")
+    with pytest.raises(GridError, match="eval: unknown key 'limt'"):
+        load_grid(path)
+    path.write_text("tasks: arith\nlosses: [ce]\n")
+    with pytest.raises(GridError, match="missing 'models'"):
+        load_grid(path)
+
+
+def test_seeds_and_shards_parse() -> None:
+    assert parse_seeds(3) == [0, 1, 2] and parse_seeds("2") == [0, 1]
+    assert parse_seeds("42,43") == [42, 43] and parse_seeds([7]) == [7]
+    assert parse_shard("1/4") == (1, 4)
+    for text in ("4/4", "x", "1"):
+        with pytest.raises(GridError, match="shard"):
+            parse_shard(text)
+
+
+def test_shards_split_the_cells(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = FakeRuns().install(monkeypatch)
+    root = tmp_path / "runs"
+    for index in range(2):
+        run_grid(tiny_grid(tiny_model), root, progress=False, shard=(index, 2))
+    assert len(fakes.trained) == 4 and len(set(fakes.trained)) == 4
+    assert {row["status"] for row in summarize(root)} == {"finished"}
+
+
+def test_settings_for_one_model_reach_only_its_cells(tmp_path: Path) -> None:
+    grid = Grid(
+        tasks=["arith"],
+        models=["org/a", "org/b"],
+        losses=["ce"],
+        train={"learning_rate": 0.001},
+        model_train={"org/b": {"target_modules": "q_proj,lm_head", "learning_rate": 0.01}},
+    )
+    a, b = (cell_config(grid, cell, tmp_path) for cell in grid.cells())
+    assert (a.learning_rate, a.target_modules) == (0.001, None)
+    assert (b.learning_rate, b.target_modules) == (0.01, ["q_proj", "lm_head"])
+    with pytest.raises(GridError, match="model_train: 'org/c' is not one of the grid's models"):
+        Grid(tasks=["arith"], models=["org/a"], losses=["ce"], model_train={"org/c": {}})
+
+
+def test_grid_under_a_two_process_launch(tiny_model: Path, tmp_path: Path) -> None:
+    # What `accelerate launch -m seglm compare ...` does on several GPUs, here with two CPU
+    # processes (gloo): every cell trains with DDP, rank 0 evaluates and writes, and the ranks
+    # move from cell to cell together.
+    out = tmp_path / "runs"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "seglm", "compare", "--model", str(tiny_model), "--losses", "ce,lovasz",
+        "--base", "--eval-limit", "2", "--max-new-tokens", "3", "--out", str(out), "--quiet",
+        "--train", "max_steps=2", "--train", "batch_size=2", "--train", "eval_split=none",
+        "--train", "max_length=96",
+        "--train", "task_options={train_size: 8, validation_size: 2, test_size: 2}",
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = summarize(out)
+    assert [row["status"] for row in rows] == ["finished"] * 3
+    trained = [row for row in rows if row["arm"] != "base"]
+    assert all(row["steps"] == 2 for row in trained)
+    report = json.loads((out / trained[0]["dir"] / "train_report.json").read_text())
+    assert report["world_size"] == 2
+    # One announcement per cell: only rank 0 reports.
+    assert completed.stderr.count(": finished") == 3

@@ -1,0 +1,222 @@
+"""seglm.report on runs folders written by the grid with stand-in training and evaluation: the
+statistics against hand-computed values, the figures, and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from grid_fakes import FakeRuns, example_scores
+from matplotlib.image import imread
+from scipy.stats import binomtest
+from train._helpers import save_tiny_model
+
+from seglm.experiments import EvalSpec, Grid, GridError, run_grid
+from seglm.report import ROSCOE_FILE, build_report, score_roscoe
+from seglm.tasks import get_task
+
+RATES = {"base": 0.05, "ce-lam1": 0.3, "lovasz-lam0.6": 0.6, "lovasz-lam0.8": 0.45}
+EXAMPLES = 40
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def make_runs(
+    root: Path, model: Path, monkeypatch: pytest.MonkeyPatch, fakes: FakeRuns, **changes: Any
+) -> Path:
+    fakes.install(monkeypatch)
+    values: dict[str, Any] = {
+        "tasks": ["arith"],
+        "models": [str(model)],
+        "losses": ["ce", "lovasz", "focal"],
+        "lambdas": [0.6, 0.8],
+        "seeds": [0, 1, 2],
+        "base": True,
+        "eval": EvalSpec(limit=EXAMPLES),
+        **changes,
+    }
+    run_grid(Grid(**values), root, progress=False)
+    return root
+
+
+def scores(arm: str, seeds: list[int | None]) -> np.ndarray:
+    return np.vstack([example_scores(RATES.get(arm, 0.3), arm, s, EXAMPLES) for s in seeds])
+
+
+def test_table_values_match_hand_computed_statistics(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_runs(tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(RATES))
+    report = build_report(root, resamples=1000)
+    (group,) = report.groups
+    stats = {s.arm: s for s in group.stats}
+    assert list(stats) == [
+        "base", "ce-lam1", "focal-lam0.6", "focal-lam0.8", "lovasz-lam0.6", "lovasz-lam0.8",
+    ]  # fmt: skip
+    ce, lovasz = scores("ce-lam1", [0, 1, 2]), scores("lovasz-lam0.6", [0, 1, 2])
+    em = stats["lovasz-lam0.6"].estimates["exact_match"]
+    assert em.mean == pytest.approx(lovasz.mean())
+    assert em.low < em.mean < em.high and (em.seeds, em.examples) == (3, EXAMPLES)
+    difference = stats["lovasz-lam0.6"].versus_ce["exact_match"]
+    assert difference.difference == pytest.approx(lovasz.mean() - ce.mean())
+    assert difference.low > 0 and difference.p_value < 0.01
+    mcnemar = stats["lovasz-lam0.6"].mcnemar
+    a_only = int(((lovasz == 1) & (ce == 0)).sum())
+    b_only = int(((lovasz == 0) & (ce == 1)).sum())
+    assert (mcnemar.a_only, mcnemar.b_only) == (a_only, b_only)
+    assert mcnemar.p_value == pytest.approx(binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    # IoU (0.25 + 0.5 EM in the stand-in) is compared the same way.
+    assert stats["lovasz-lam0.6"].versus_ce["iou"].difference == pytest.approx(
+        0.5 * (lovasz.mean() - ce.mean())
+    )
+    assert stats["ce-lam1"].versus_ce == {} and stats["ce-lam1"].mcnemar is None
+    # The base model (one evaluation) is paired with every CE seed.
+    base = scores("base", [None])
+    assert stats["base"].versus_ce["exact_match"].difference == pytest.approx(
+        base.mean() - ce.mean()
+    )
+
+    headline = group.headline
+    assert headline.best == "lovasz-lam0.6" and headline.compared == 4
+    assert headline.relative == pytest.approx((lovasz.mean() - ce.mean()) / ce.mean())
+    assert headline.p_bonferroni == pytest.approx(min(1.0, 4 * difference.p_value))
+
+    text = report.path.read_text()
+    assert f"| lovasz-lam0.6 | 3 | {100 * lovasz.mean():.1f} [" in text
+    assert "Relative gain over CE, as the paper reports it" in text
+    assert "Why the relative gain misleads" in text
+    saved = json.loads((root / "report.json").read_text())
+    assert saved["groups"][0]["headline"]["best"] == "lovasz-lam0.6"
+
+
+def test_figures_are_written_and_linked(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_runs(tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(RATES, roscoe=True))
+    report = build_report(root, tmp_path / "out", resamples=200)
+    (group,) = report.groups
+    assert set(group.figures) == {"main", "lambda", "errors", "training", "correlations"}
+    text = report.path.read_text()
+    for path in group.figures.values():
+        image = imread(path)
+        assert image.shape[0] > 300 and image.shape[1] > 400
+        assert image[..., :3].std() > 0.05  # not a blank canvas
+        assert f"]({path.relative_to(tmp_path / 'out').as_posix()})" in text
+    pairs = {(p["x"], p["y"]): p for p in group.correlations["pairs"]}
+    assert pairs[("faithfulness_step", "exact_match")]["r"] > 0.9
+    assert "info_chain" in group.correlations["columns"]
+
+
+def test_no_roscoe_no_heatmap_and_one_lambda_no_sweep(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_runs(
+        tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(RATES), lambdas=[0.6], seeds=[0]
+    )
+    (group,) = build_report(root, resamples=200).groups
+    assert set(group.figures) == {"main", "errors", "training"}
+    assert group.correlations is None
+
+
+def test_failed_cells_are_listed_and_the_rest_reported(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = FakeRuns(RATES, fail=lambda arm: arm.startswith("focal"))
+    root = make_runs(tmp_path / "runs", tiny_model, monkeypatch, fakes, seeds=[0])
+    report = build_report(root, resamples=200)
+    assert "focal-lam0.6" not in {s.arm for s in report.groups[0].stats}
+    text = report.path.read_text()
+    assert "Cells: 4 finished, 2 failed, 0 pending." in text
+    assert f"failed: `arith/{tiny_model.name}/focal-lam0.6/seed0`" in text
+
+
+def test_report_without_finished_cells_is_refused(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = FakeRuns(fail=lambda arm: True)
+    root = make_runs(tmp_path / "runs", tiny_model, monkeypatch, fakes, seeds=[0], base=False)
+    with pytest.raises(GridError, match="no finished cell"):
+        build_report(root)
+    with pytest.raises(GridError, match="holds no grid"):
+        build_report(tmp_path)
+
+
+def test_cells_on_different_examples_or_settings_are_refused(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_runs(tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(RATES), seeds=[0])
+    cell = root / "arith" / tiny_model.name / "lovasz-lam0.6" / "seed0"
+    settings = json.loads((cell / "eval_config.json").read_text())
+    (cell / "eval_config.json").write_text(json.dumps({**settings, "dtype": "bf16"}))
+    with pytest.raises(GridError, match="evaluated differently \\(dtype: 'fp32' vs 'bf16'\\)"):
+        build_report(root)
+    (cell / "eval_config.json").write_text(json.dumps(settings))
+    lines = (cell / "predictions.jsonl").read_text().splitlines()
+    (cell / "predictions.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    metrics = json.loads((cell / "metrics.json").read_text())
+    (cell / "metrics.json").write_text(json.dumps({**metrics, "n": len(lines) - 1}))
+    with pytest.raises(GridError, match="evaluated different examples"):
+        build_report(root)
+
+
+def test_several_models_get_one_section_each_and_the_mean_gain(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = save_tiny_model(tmp_path / "other-model", seed=1)
+    root = make_runs(
+        tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(RATES),
+        models=[str(tiny_model), str(other)], losses=["ce", "lovasz"], lambdas=[0.6], seeds=[0],
+    )  # fmt: skip
+    report = build_report(root, resamples=200)
+    assert [g.group.model for g in report.groups] == [str(tiny_model), str(other)]
+    # The stand-in's scores depend on the arm and seed only: both models score alike.
+    (gain,) = {round(g.headline.relative, 9) for g in report.groups}
+    text = report.path.read_text()
+    assert f"## arith / {other}" in text
+    assert f"over 2 (task, model) pairs, as the paper reports it: **{100 * gain:+.0f}%**" in text
+    assert len(list((root / "figures").glob("*-main.png"))) == 2
+
+
+class StubRoscoeScorer:
+    """Scores a chain by its question's length, so the sources it was given can be checked."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
+
+    def __init__(self, config: Any) -> None:
+        self.families = config.families
+
+    def score(self, examples: Any) -> SimpleNamespace:
+        chains = list(examples)
+        StubRoscoeScorer.seen += chains
+        scores = [
+            {"faithfulness_step": len(c["source"]) / 1000, "info_chain": None} for c in chains
+        ]
+        return SimpleNamespace(scores=scores)
+
+
+def test_roscoe_scores_are_computed_once_and_feed_the_heatmap(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_runs(
+        tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(RATES), losses=["ce"], seeds=[0]
+    )
+    monkeypatch.setattr("seglm.metrics.roscoe.RoscoeScorer", StubRoscoeScorer)
+    scored = score_roscoe(root)
+    assert sorted(p.name for p in scored) == ["base", "seed0"]
+    questions = [e.source for e in get_task("arith").load("test", limit=EXAMPLES)]
+    assert [c["source"] for c in StubRoscoeScorer.seen[:EXAMPLES]] == questions
+    lines = (scored[0] / ROSCOE_FILE).read_text().splitlines()
+    first = json.loads(lines[0])
+    assert len(lines) == EXAMPLES and first["id"] == "arith/test/0"
+    assert first["faithfulness_step"] == pytest.approx(len(questions[0]) / 1000)
+    assert score_roscoe(root) == []  # already scored
+    (group,) = build_report(root, resamples=200).groups
+    assert "correlations" in group.figures
+    assert group.correlations["columns"] == ["faithfulness_step", "exact_match", "iou"]
