@@ -22,16 +22,19 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def count_items(batches: list[dict[str, Any]], ignore_index: int = -100) -> ItemCounts | None:
-    """Shifted label and answer token counts of a list of micro-batches (the GA window)."""
+    """Shifted label and answer token counts, and the number of examples with an answer token,
+    of a list of micro-batches (the GA window)."""
     if not batches or "labels" not in batches[0]:
         return None
-    labels = answer = 0
+    labels = answer = sequences = 0
     for batch in batches:
         supervised = batch["labels"][..., 1:] != ignore_index
-        labels = labels + supervised.sum()
         mask = batch.get("answer_mask")
-        answer = answer + (supervised if mask is None else supervised & mask[..., 1:].bool()).sum()
-    return ItemCounts(labels=labels, answer=answer)
+        in_answer = supervised if mask is None else supervised & mask[..., 1:].bool()
+        labels = labels + supervised.sum()
+        answer = answer + in_answer.sum()
+        sequences = sequences + in_answer.any(dim=-1).sum()
+    return ItemCounts(labels=labels, answer=answer, sequences=sequences)
 
 
 class SegLMTrainer(Trainer):
@@ -62,9 +65,11 @@ class SegLMTrainer(Trainer):
             and self.args.world_size > 1
         ):
             device = self.args.device
-            stacked = torch.stack([torch.as_tensor(counts.labels), torch.as_tensor(counts.answer)])
-            total = self.accelerator.gather(stacked.to(device).reshape(1, 2)).sum(0)
-            counts = ItemCounts(labels=total[0], answer=total[1])
+            stacked = torch.stack(
+                [torch.as_tensor(c) for c in (counts.labels, counts.answer, counts.sequences)]
+            )
+            total = self.accelerator.gather(stacked.to(device).reshape(1, 3)).sum(0)
+            counts = ItemCounts(labels=total[0], answer=total[1], sequences=total[2])
         return batches, counts
 
     def compute_loss(

@@ -554,3 +554,29 @@ def test_custom_ignore_index() -> None:
     expected = objective(logits, labels, answer_mask).loss
     custom = Objective.from_spec("ce=0.5,lovasz=0.5", ignore_index=-1)
     torch.testing.assert_close(custom(logits, relabelled, answer_mask).loss, expected)
+
+
+def test_sequence_grouped_set_losses_do_not_depend_on_the_micro_batch_split() -> None:
+    """With sequence counts over the window, one batch of 4 equals 4 micro-batches of 1."""
+    torch.manual_seed(3)
+    logits = torch.randn(4, 7, 13, dtype=torch.float64)
+    labels = torch.randint(0, 13, (4, 7))
+    labels[1, :3] = -100
+    answer_mask = torch.zeros(4, 7, dtype=torch.bool)
+    answer_mask[:, 4:] = True
+    answer_mask[2, 2:] = True  # examples differ in their answer lengths
+    objective = Objective.from_spec("ce=0.5,lovasz=0.3,gdice=0.2", group="sequence")
+
+    def counts(rows: slice) -> ItemCounts:
+        supervised = labels[rows, 1:] != -100
+        answer = supervised & answer_mask[rows, 1:]
+        return ItemCounts(supervised.sum(), answer.sum(), answer.any(dim=1).sum())
+
+    full = logits.clone().requires_grad_()
+    objective(full, labels, answer_mask, counts(slice(None))).loss.backward()
+    split = logits.clone().requires_grad_()
+    window = counts(slice(None))
+    for row in range(4):
+        part = slice(row, row + 1)
+        objective(split[part], labels[part], answer_mask[part], window).loss.backward()
+    torch.testing.assert_close(split.grad, full.grad)

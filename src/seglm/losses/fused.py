@@ -65,6 +65,7 @@ class _Rows:
     in_answer: Tensor  # [n] bool: the other terms average over this row
     n_labels: Tensor  # supervised positions of the micro-batch (for the normalisation)
     n_answer: Tensor  # answer positions of the micro-batch
+    n_sequences: Tensor  # examples of the micro-batch with an answer position
 
 
 def _select_rows(objective: Objective, labels: Tensor, answer_mask: Tensor | None) -> _Rows:
@@ -85,6 +86,7 @@ def _select_rows(objective: Objective, labels: Tensor, answer_mask: Tensor | Non
         answer.reshape(-1).index_select(0, index),
         supervised.sum(),
         answer.sum(),
+        answer.any(dim=1).sum(),
     )
 
 
@@ -401,10 +403,8 @@ def _loss_weights(
 ) -> Tensor:
     weights = torch.zeros(len(objective.weights), dtype=dtype, device=rows.index.device)
     for i, (name, weight) in enumerate(objective.weights.items()):
-        counted_over_answer = name != "ce" or objective.ce_scope == "answer"
-        share = Objective._share(
-            num_items_in_batch, rows.n_labels, rows.n_answer, counted_over_answer
-        )
+        local = {"labels": rows.n_labels, "answer": rows.n_answer, "sequences": rows.n_sequences}
+        share = objective.term_share(name, num_items_in_batch, local)
         # The share may be a float32 tensor: round it alone, as the materialised path does.
         weights[i] = torch.as_tensor(share, dtype=dtype) * weight
     return weights

@@ -80,15 +80,17 @@ def parse_loss_spec(spec: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class ItemCounts:
-    """Token counts over a whole gradient-accumulation window (and all devices).
+    """Counts over a whole gradient-accumulation window (and all devices).
 
     ``labels`` counts supervised label tokens (what transformers passes as
-    ``num_items_in_batch``); ``answer`` counts answer tokens. Given both, every token-mean term is
-    exact over the window, whatever the answer share of each micro-batch.
+    ``num_items_in_batch``); ``answer`` counts answer tokens; ``sequences`` counts examples with
+    at least one answer token. Given them, every token-mean term is exact over the window, and so
+    is a ``sequence``-grouped set loss (a mean over examples), whatever the micro-batch split.
     """
 
     labels: float | Tensor
     answer: float | Tensor
+    sequences: float | Tensor | None = None
 
 
 @dataclass
@@ -224,14 +226,15 @@ class Objective:
         total = connected_zero(logits)
         components: dict[str, Tensor] = {}
         n_labels, n_answer = supervised.sum(), answer.sum()
+        n_sequences = answer.any(dim=1).sum()
         for name, weight in self.weights.items():
             if name == "ce":
                 value = token_mean(ce[in_ce.reshape(-1).index_select(0, rows)])
             else:
                 value = self._answer_term(name, answer_ce, present)
             components[name] = value.detach()
-            counted_over_answer = name != "ce" or self.ce_scope == "answer"
-            scale = self._share(num_items_in_batch, n_labels, n_answer, counted_over_answer)
+            local = {"labels": n_labels, "answer": n_answer, "sequences": n_sequences}
+            scale = self.term_share(name, num_items_in_batch, local)
             total = total + weight * value * scale
         return ObjectiveOutput(total, components)
 
@@ -252,24 +255,38 @@ class Objective:
             )
         return lovasz_from_probs(present)
 
+    def term_share(
+        self,
+        name: str,
+        num_items: int | float | Tensor | ItemCounts | None,
+        local: dict[str, Tensor],
+    ) -> Tensor | float:
+        """This micro-batch's share of the window for term ``name``: ``local`` holds its counts of
+        supervised labels, answer tokens and sequences with an answer token."""
+        if name in SET_LOSSES and self.group == "sequence":
+            kind = "sequences"  # a mean over examples
+        elif name != "ce" or self.ce_scope == "answer":
+            kind = "answer"
+        else:
+            kind = "labels"
+        return self._share(num_items, local, kind)
+
     @staticmethod
     def _share(
         num_items: int | float | Tensor | ItemCounts | None,
-        n_labels: Tensor,
-        n_answer: Tensor,
-        counted_over_answer: bool,
+        local: dict[str, Tensor],
+        kind: str,
     ) -> Tensor | float:
-        """This micro-batch's share of the window's tokens of the kind a term averages over."""
+        """This micro-batch's share of the window's items of the kind a term averages over."""
         if num_items is None:
             return 1.0
-        if isinstance(num_items, ItemCounts):
-            local, window = (
-                (n_answer, num_items.answer)
-                if counted_over_answer
-                else (n_labels, num_items.labels)
-            )
-        else:
+        window = getattr(num_items, kind, None) if isinstance(num_items, ItemCounts) else None
+        if window is None and isinstance(num_items, ItemCounts):
+            # Sequences not counted: fall back to the answer-token share.
+            kind, window = "answer", num_items.answer
+        if window is None:
             # Only the label count is known: weight every term by this micro-batch's label share.
-            local, window = n_labels, num_items
-        # A window without such tokens has local == 0: its share is 0, not 0 / 0.
-        return local / torch.as_tensor(window, device=local.device).clamp_min(1)
+            kind, window = "labels", num_items
+        # A window without such items has local == 0: its share is 0, not 0 / 0.
+        count = local[kind]
+        return count / torch.as_tensor(window, device=count.device).clamp_min(1)
