@@ -91,8 +91,10 @@ def run_one(
 def measure(path: str, loss: str, shape: str, frozen: bool, dtype: str) -> dict:
     command = [sys.executable, __file__, "--one", path, loss, shape, "--dtype", dtype]
     command += ["--frozen-head"] if frozen else []
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command[2:])} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def available_bytes() -> int:
@@ -140,18 +142,15 @@ def main() -> None:
         print(json.dumps(run_one(path, loss, *parse_shape(shape), args.frozen_head, dtype)))
         return
 
-    header = (
-        "| N | V | H | loss | materialised s (cpu s) | fused s (cpu s) | time ratio (cpu) "
-        "| materialised GiB | fused GiB | memory ratio |"
-    )
-    print(header + "\n|" + "---|" * 10, flush=True)
-    rows = []
+    out = Path(args.out)
+    kept = json.loads(out.read_text()) if args.append and out.exists() else []
+    print(HEADER + "\n|" + "---|" * 10, flush=True)
+    rows: list[dict] = []
     # Memory of the materialised path in units of one N x V float32 buffer, per (loss, V, H),
     # measured at the smallest N and used to tell whether a larger N fits; before any
     # measurement, at least the logits and their gradient.
     buffers: dict[tuple[str, int, int], float] = {}
-    shapes = sorted(args.shapes, key=lambda shape: parse_shape(shape)[::-1])
-    for shape in shapes:
+    for shape in sorted(args.shapes, key=lambda shape: parse_shape(shape)[::-1]):
         n, vocab, size = parse_shape(shape)
         for loss in args.losses:
             unit = n * vocab * 4
@@ -177,26 +176,40 @@ def main() -> None:
                 "memory_ratio": ratio(materialised.get("extra_bytes"), fused["extra_bytes"]),
             }
             rows.append(row)
-            if materialised.get("does_not_fit"):
-                mat_time = "does not fit"
-                mat_memory = f"needs ~{needed / GIB:.1f}"
-            else:
-                mat_time = f"{materialised['seconds']:.2f} ({materialised['cpu_seconds']:.1f})"
-                mat_memory = f"{materialised['extra_bytes'] / GIB:.2f}"
-            print(
-                f"| {n} | {vocab} | {size} | {loss} | {mat_time} "
-                f"| {fused['seconds']:.2f} ({fused['cpu_seconds']:.1f}) "
-                f"| {cell(row['time_ratio'])} ({cell(row['cpu_time_ratio'])}) | {mat_memory} "
-                f"| {fused['extra_bytes'] / GIB:.2f} | {cell(row['memory_ratio'], 1)}x |",
-                flush=True,
-            )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.append and out.exists():
-        measured = {row_key(row) for row in rows}
-        rows = [row for row in json.loads(out.read_text()) if row_key(row) not in measured] + rows
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+            print(table_row(row), flush=True)
+            save(kept, rows, out)
     print(f"\nwrote {out}")
+
+
+HEADER = (
+    "| N | V | H | loss | materialised s (cpu s) | fused s (cpu s) | time ratio (cpu) "
+    "| materialised GiB | fused GiB | memory ratio |"
+)
+
+
+def table_row(row: dict) -> str:
+    materialised, fused = row["materialised"], row["fused"]
+    if materialised.get("does_not_fit"):
+        mat_time = "does not fit"
+        mat_memory = f"needs ~{materialised['needs_bytes'] / GIB:.1f}"
+    else:
+        mat_time = f"{materialised['seconds']:.2f} ({materialised['cpu_seconds']:.1f})"
+        mat_memory = f"{materialised['extra_bytes'] / GIB:.2f}"
+    return (
+        f"| {row['n']} | {row['v']} | {row['h']} | {row['loss']} | {mat_time} "
+        f"| {fused['seconds']:.2f} ({fused['cpu_seconds']:.1f}) "
+        f"| {cell(row['time_ratio'])} ({cell(row['cpu_time_ratio'])}) | {mat_memory} "
+        f"| {fused['extra_bytes'] / GIB:.2f} | {cell(row['memory_ratio'], 1)}x |"
+    )
+
+
+def save(kept: list[dict], rows: list[dict], out: Path) -> None:
+    """Rows measured so far, after the kept rows they do not replace (written after each row,
+    so a failure keeps what was measured)."""
+    measured = {row_key(row) for row in rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    merged = [row for row in kept if row_key(row) not in measured] + rows
+    out.write_text(json.dumps(merged, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -493,6 +493,8 @@ def test_unknown_task_and_bad_arguments(loaded: LoadedModel, tmp_path: Path) -> 
         evaluate(loaded, None, "test", tmp_path, progress=False)
     with pytest.raises(EvalError, match="scoring must be one of"):
         evaluate(loaded, "arith", "test", tmp_path, scoring="sample", progress=False)
+    with pytest.raises(EvalError, match="adapter goes with a model name"):
+        evaluate(loaded, "arith", "test", tmp_path, adapter=tmp_path, progress=False)
     with pytest.raises(EvalError, match="limit must be >= 1"):
         evaluate(loaded, "arith", "test", tmp_path, limit=0, progress=False)
     empty = tmp_path / "empty.jsonl"

@@ -275,7 +275,8 @@ def test_grid_file_and_its_errors(tmp_path: Path) -> None:
 
 def test_seeds_and_shards_parse() -> None:
     assert parse_seeds(3) == [0, 1, 2] and parse_seeds("2") == [0, 1]
-    assert parse_seeds("42,43") == [42, 43] and parse_seeds([7]) == [7]
+    assert parse_seeds("42,43") == [42, 43] and parse_seeds("42,") == [42]
+    assert parse_seeds([7]) == [7]
     assert parse_shard("1/4") == (1, 4)
     for text in ("4/4", "x", "1"):
         with pytest.raises(GridError, match="shard"):

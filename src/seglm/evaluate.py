@@ -983,6 +983,8 @@ def evaluate(
 
     out = Path(out_dir)
     if isinstance(model_ref, LoadedModel):
+        if adapter is not None:
+            raise EvalError("adapter goes with a model name; apply it to a LoadedModel yourself")
         source, loaded, tokenizer = None, model_ref, model_ref.tokenizer
         run_config, model_name, adapter_name = loaded.run_config, loaded.name, loaded.adapter
         dtype = dtype_name(loaded.model)

@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Weights of CE, comma-separated (default 0.6).")
         ] = None,
         seeds: Annotated[
-            str | None, typer.Option(help="A count N (seeds 0..N-1) or a list: 42,43.")
+            str | None,
+            typer.Option(help="A count N (seeds 0..N-1) or a list: 42,43 (one seed: 42,)."),
         ] = None,
         base: Annotated[
             bool | None,

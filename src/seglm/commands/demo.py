@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from seglm.experiments import BASE
+
 if TYPE_CHECKING:
     from seglm.experiments import Grid
+    from seglm.report import Report
 
 DEMO_PRESET = "demo"
 DEMO_LOSSES = "ce,lovasz,focal"
@@ -31,7 +34,9 @@ def register(app: typer.Typer) -> None:
         losses: Annotated[
             str, typer.Option(help="Losses, comma-separated (ce is the baseline).")
         ] = DEMO_LOSSES,
-        seeds: Annotated[str, typer.Option(help="A count N (seeds 0..N-1) or a list.")] = "1",
+        seeds: Annotated[
+            str, typer.Option(help="A count N (seeds 0..N-1) or a list: 42,43 (one seed: 42,).")
+        ] = "1",
         train_size: Annotated[
             int | None,
             typer.Option(min=8, help="Training problems (one epoch; default: the preset's)."),
@@ -60,9 +65,21 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]error:[/red] {error}", highlight=False)
             raise typer.Exit(1) from None
         print_report(report)
-        Console().print(f"demo: {time.perf_counter() - started:.0f} s in all", highlight=False)
+        stdout = Console()
+        stdout.print(change_from_base(report), highlight=False)
+        stdout.print(f"demo: {time.perf_counter() - started:.0f} s in all", highlight=False)
         if outcome.count("failed"):
             raise typer.Exit(1)
+
+
+def change_from_base(report: Report) -> str:
+    """One line: the untrained model's exact match, then each fine-tuned arm's."""
+    stats = report.groups[0].stats
+    means = {s.arm: s.estimates["exact_match"].mean for s in stats if "exact_match" in s.estimates}
+    if BASE not in means:
+        return "no untrained-model cell finished: no change to show"
+    trained = ", ".join(f"{arm} {100 * em:.1f}%" for arm, em in means.items() if arm != BASE)
+    return f"exact match, untrained model {100 * means[BASE]:.1f}% -> fine-tuned: {trained}"
 
 
 def demo_grid(losses: str, seeds: str, train_size: int | None, eval_size: int) -> Grid:
