@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from seglm.commands import roscoe_config
+
 if TYPE_CHECKING:
     from seglm.evaluate import EvalResult
 
@@ -170,13 +172,7 @@ def _roscoe_config(enabled: bool, families: str | None) -> Any:
         if families:
             raise typer.BadParameter("needs --roscoe", param_hint="--roscoe-families")
         return None
-    from seglm.metrics.roscoe import FAMILIES, RoscoeConfig
-
-    chosen = tuple(f.strip() for f in families.split(",")) if families else FAMILIES
-    try:
-        return RoscoeConfig(families=chosen)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--roscoe-families") from None
+    return roscoe_config(families)
 
 
 def default_output_dir(

@@ -109,8 +109,9 @@ def _task_answer_format(task: str) -> str:
 def _add_roscoe(
     path: Path, scored: list[ScoredExample], families: str | None, correlations: Path | None
 ) -> None:
+    from seglm.commands import roscoe_config
     from seglm.metrics.correlations import pearson_correlations, render_correlations
-    from seglm.metrics.roscoe import FAMILIES, RoscoeConfig, add_roscoe_scores
+    from seglm.metrics.roscoe import add_roscoe_scores
 
     lines = path.read_text(encoding="utf-8").splitlines()
     records = []
@@ -124,11 +125,7 @@ def _add_roscoe(
                 param_hint="PREDICTIONS",
             )
         records.append({"source": source, "prediction": record["prediction"]})
-    chosen = tuple(f.strip() for f in families.split(",")) if families else FAMILIES
-    try:
-        config = RoscoeConfig(families=chosen)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--roscoe-families") from None
+    config = roscoe_config(families)
     add_roscoe_scores(records, config)
     for example, record in zip(scored, records, strict=True):
         example.scores.update({name: record[name] for name in config.scores})
