@@ -384,8 +384,8 @@ def _figure(width: float, height: float) -> Figure:
 
 
 LOSS_COLOURS = {
-    BASE: "#9e9e9e",
-    CE: "#262626",
+    BASE: "#c7c7c7",
+    CE: "#6b6b6b",
     "focal": "#1f77b4",
     "sadl": "#ff7f0e",
     "gdice": "#2ca02c",
@@ -491,7 +491,7 @@ def plot_lambda_sweep(group: Group, stats: list[ArmStats], path: Path) -> bool:
         if ce is not None and metric in ce.estimates:
             axes.axhline(
                 100 * ce.estimates[metric].mean,
-                color="0.15",
+                color=LOSS_COLOURS[CE],
                 linestyle="--",
                 linewidth=1,
                 label="CE alone (λ = 1)",
@@ -509,7 +509,7 @@ def plot_error_types(group: Group, path: Path, resamples: int, seed: int) -> boo
     arms = [a for a in group.arms.values() if any(t in a.values for t in ERROR_TYPES)]
     if not arms:
         return False
-    figure = _figure(min(16.0, 3.0 + 0.3 * len(ERROR_TYPES) * len(arms)), 4.6)
+    figure = _figure(min(16.0, max(9.0, 3.0 + 0.3 * len(ERROR_TYPES) * len(arms))), 4.6)
     axes = figure.subplots()
     colours = _colours(group)
     width = 0.8 / len(arms)
@@ -528,10 +528,10 @@ def plot_error_types(group: Group, path: Path, resamples: int, seed: int) -> boo
             color=colours[arm.name],
             label=arm.name,
         )
-    axes.set_xticks(range(len(ERROR_TYPES)), [LABELS[t] for t in ERROR_TYPES])
+    axes.set_xticks(range(len(ERROR_TYPES)), [LABELS[t].replace(" ", "\n") for t in ERROR_TYPES])
     axes.set_xlabel("error type (docs/metrics.md defines each rate)")
     _percent_axis(axes, "mean rate per example")
-    axes.set_title(f"Reasoning-step errors per arm (mean, 95% CI): {group.task} / {group.model}")
+    axes.set_title(f"Reasoning-step errors per arm (mean, 95% CI)\n{group.task} / {group.model}")
     axes.legend(fontsize="small", title="arm", loc="upper left", bbox_to_anchor=(1.01, 1))
     figure.savefig(path)
     return True

@@ -14,7 +14,8 @@ from train._helpers import save_tiny_model
 from typer.testing import CliRunner
 
 from seglm.cli import app
-from seglm.commands.demo import demo_grid
+from seglm.commands.demo import change_from_base, demo_grid
+from seglm.report import build_report
 
 runner = CliRunner(env={"COLUMNS": "240"})  # room for the wide tables
 
@@ -155,6 +156,18 @@ def test_demo_grid_scales_with_its_options() -> None:
     assert "task_options" not in demo_grid("ce", "1", None, 10).train
 
 
+def test_demo_states_the_change_from_the_untrained_model(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    FakeRuns({"base": 0.0, "ce-lam1": 0.5, "lovasz-lam0.6": 1.0}).install(monkeypatch)
+    out = tmp_path / "runs"
+    flags = ["--model", str(tiny_model), "--losses", "ce,lovasz", "--base", "--out", str(out)]
+    assert compare(*flags).exit_code == 0
+    line = change_from_base(build_report(out, resamples=100))
+    assert line.startswith("exact match, untrained model 0.0% -> fine-tuned: ce-lam1 ")
+    assert line.endswith("lovasz-lam0.6 100.0%")
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_with_the_real_model(tmp_path: Path) -> None:
     out = tmp_path / "demo"
@@ -167,6 +180,7 @@ def test_demo_end_to_end_with_the_real_model(tmp_path: Path) -> None:
     text = plain(result.output)
     assert "base" in text and "ce-lam1" in text and "lovasz-lam0.6" in text
     assert f"report: {out / 'report.md'}" in text
+    assert "exact match, untrained model" in text
     rows = json.loads((out / "summary.json").read_text())["cells"]
     assert [row["status"] for row in rows] == ["finished"] * 3
     assert all(row["n"] == 4 for row in rows)
