@@ -1,6 +1,7 @@
-"""Two CPU processes (torchrun, gloo) take the same optimiser step as one process on the same
-global batch: exact for token-mean terms, and for set losses with one sequence per group and per
-micro-batch; a rank with no answer token does not hang."""
+"""Two CPU processes (torchrun, gloo; the loss from the fused head inside the model's forward)
+take the same optimiser step as one process on the same global batch with materialised logits:
+exact for token-mean terms, and for set losses with one sequence per group and per micro-batch;
+a rank with no answer token does not hang."""
 
 from __future__ import annotations
 
@@ -55,14 +56,14 @@ def test_token_mean_terms_match_one_process_on_the_same_global_batch(
     two_process_gradients: dict,
 ) -> None:
     # 2 processes x 1 example x 2 accumulation steps against 1 process x a batch of 4.
-    single = gradients("token_mean", batch_size=4, grad_accum=1)
+    single = gradients("token_mean", batch_size=4, grad_accum=1, fused_loss=False)
     assert any(g.abs().max() > 0 for g in single.values())
     assert_same(two_process_gradients["token_mean"], single)
 
 
 def test_set_losses_by_sequence_do_not_depend_on_the_split(two_process_gradients: dict) -> None:
     # One sequence per micro-batch on both sides: each micro-batch's set loss is one group.
-    single = gradients("set_sequence", batch_size=1, grad_accum=4)
+    single = gradients("set_sequence", batch_size=1, grad_accum=4, fused_loss=False)
     assert_same(two_process_gradients["set_sequence"], single)
 
 
@@ -70,7 +71,7 @@ def test_a_rank_without_answer_tokens_neither_hangs_nor_changes_the_gradient(
     two_process_gradients: dict,
 ) -> None:
     # The worker finished (no hang); the empty rank contributed a zero gradient.
-    single = gradients("empty_rank", batch_size=2, grad_accum=1)
+    single = gradients("empty_rank", batch_size=2, grad_accum=1, fused_loss=False)
     assert_same(two_process_gradients["empty_rank"], single)
 
 

@@ -29,7 +29,10 @@ FINAL_WEIGHTS: tuple[str, ...] = ("best", "last")
 # report_to name -> the package it needs
 REPORTERS: dict[str, str] = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 # Fields that say how to run, not what the run is: they may differ when a run is resumed.
-RUNTIME_FIELDS: frozenset[str] = frozenset({"overwrite", "resume", "output_dir", "report_to"})
+# Fields that change how a run is computed or stored but not its result (a resumed run may differ).
+RUNTIME_FIELDS: frozenset[str] = frozenset(
+    {"overwrite", "resume", "output_dir", "report_to", "fused_loss"}
+)
 AUTO = "auto"
 
 
@@ -114,6 +117,12 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping; 0 disables"))
     seed: int = field(default=42, metadata=_help("seed for init, dropout and data order"))
     dtype: str = field(default="fp32", metadata=_help("fp32, or bf16/fp16 autocast"))
+    fused_loss: bool | None = field(
+        default=None,
+        metadata=_help(
+            "loss from hidden states in chunks, never all logits (default: when the model allows)"
+        ),
+    )
     gradient_checkpointing: bool = field(
         default=False, metadata=_help("recompute activations in backward")
     )

@@ -391,6 +391,7 @@ def _fit(
 
     from seglm.adapters import adapter_summary, add_adapter, load_base_model
     from seglm.data import DataCollator
+    from seglm.fused_head import remove_fused_head
     from seglm.trainer import SegLMTrainer
 
     started = time.perf_counter()
@@ -404,9 +405,11 @@ def _fit(
         data_collator=DataCollator(tokenizer.pad_token_id, padding_side="right"),
         processing_class=tokenizer,
         objective=objective,
+        fused_loss=config.fused_loss,
         callbacks=[jsonl_log_callback(config.run_dir / "log.jsonl"), *callbacks],
     )
     output = trainer.train(resume_from_checkpoint=resume_from)
+    remove_fused_head(model)
     trainer.save_model(str(config.run_dir))
     trainer.save_state()
     state = trainer.state
@@ -421,6 +424,12 @@ def _fit(
     report = {
         "data": data.report,
         "adapter": {"type": config.adapter, **adapter_summary(model)},
+        "fused_loss": trainer.fused_head is not None,
+        **(
+            {"fused_loss_unavailable": trainer.fused_head_reason}
+            if trainer.fused_head_reason
+            else {}
+        ),
         "world_size": args.world_size,
         "global_step": state.global_step,
         "resumed_from": resume_from,

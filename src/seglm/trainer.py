@@ -4,6 +4,8 @@ It computes the objective from the model's logits, the unshifted labels and the 
 ``answer_mask``, counts label *and* answer tokens over each gradient-accumulation window (and
 across devices when the Trainer averages tokens across devices) so every token-mean term is exact,
 logs each component, and stops on a non-finite loss naming the step and the component.
+With ``fused_loss`` the model's output layer computes the objective from the final hidden
+states in chunks (``seglm.fused_head``), so no B x T x V logits exist.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from seglm.fused_head import FusedObjectiveHead, fused_head_blocker, install_fused_head
 from seglm.losses import ItemCounts, Objective
 
 
@@ -42,15 +45,32 @@ class SegLMTrainer(Trainer):
 
     Batches carry ``labels`` (unshifted, -100 where no loss applies) and optionally
     ``answer_mask``; without it the answer is every supervised label.
+
+    ``fused_loss``: True computes the loss inside the model's output layer without
+    materialising logits (ValueError if the model does not allow it); None does so when the
+    model allows it (``fused_head_reason`` says why not); False always materialises logits.
     """
 
-    def __init__(self, *args: Any, objective: Objective | str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        objective: Objective | str,
+        fused_loss: bool | None = None,
+        fused_chunk_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         training_args = kwargs.get("args") or (args[1] if len(args) > 1 else None)
         # Listing answer_mask as a label keeps remove_unused_columns from dropping it.
         if training_args is not None and training_args.label_names is None:
             training_args.label_names = ["labels", "answer_mask"]
-        super().__init__(*args, **kwargs)
         self.objective = Objective.from_spec(objective) if isinstance(objective, str) else objective
+        model = kwargs.get("model") or (args[0] if args else None)
+        self.fused_head_reason = fused_head_blocker(model) if fused_loss is not False else None
+        self.fused_head: FusedObjectiveHead | None = None
+        if fused_loss or (fused_loss is None and self.fused_head_reason is None):
+            # Before Trainer.__init__, so wrappers (DDP, FSDP, DeepSpeed) see the fused head.
+            self.fused_head = install_fused_head(model, self.objective, fused_chunk_size)
+        super().__init__(*args, **kwargs)
         # Our loss is normalised by the window's token counts: the Trainer must not divide by GA.
         self.loss_is_scaled_for_ga = True
         self._component_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
@@ -82,9 +102,18 @@ class SegLMTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         answer_mask = inputs.pop("answer_mask", None)
-        outputs = model(**inputs)
-        result = self.objective(outputs.logits, labels, answer_mask, num_items_in_batch)
-        loss = result.loss
+        # Evaluation that wants logits (prediction_loss_only off) gets them materialised.
+        if self.fused_head is None or not (model.training or self.args.prediction_loss_only):
+            outputs = model(**inputs)
+            result = self.objective(outputs.logits, labels, answer_mask, num_items_in_batch)
+            loss = result.loss
+        else:
+            with self.fused_head.computing_loss(labels, answer_mask, num_items_in_batch):
+                outputs = model(**inputs)
+            result = self.fused_head.take_output()
+            # The loss as the model returned it (in place of logits), so hooks that wrappers put
+            # on the model's outputs run in the backward.
+            loss = outputs.logits
         if not torch.isfinite(loss.detach()):
             bad = [name for name, value in result.components.items() if not torch.isfinite(value)]
             raise NonFiniteLossError(

@@ -71,8 +71,11 @@ class GradientRecorder(TrainerCallback):
         }
 
 
-def gradients(name: str, batch_size: int, grad_accum: int) -> dict[str, torch.Tensor]:
-    """The gradient of the first optimiser step of ``name`` over all of its examples."""
+def gradients(
+    name: str, batch_size: int, grad_accum: int, fused_loss: bool = True
+) -> dict[str, torch.Tensor]:
+    """The gradient of the first optimiser step of ``name`` over all of its examples (the loss
+    from the fused head inside the model's forward, or from materialised logits)."""
     scenario = SCENARIOS[name]
     recorder = GradientRecorder()
     with tempfile.TemporaryDirectory() as output_dir:
@@ -98,6 +101,7 @@ def gradients(name: str, batch_size: int, grad_accum: int) -> dict[str, torch.Te
             objective=Objective.from_spec(
                 scenario.spec, ce_scope=scenario.ce_scope, group=scenario.group
             ),
+            fused_loss=fused_loss,
             callbacks=[recorder],
         )
         trainer.train()
