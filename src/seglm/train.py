@@ -21,6 +21,7 @@ This module imports nothing heavy at import time, so experiments can import it c
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import resource
@@ -395,6 +396,7 @@ def _fit(
     from seglm.trainer import SegLMTrainer
 
     started = time.perf_counter()
+    _reset_peak_rss()
     set_seed(config.seed)
     model = add_adapter(load_base_model(config, args.local_process_index), config)
     trainer = SegLMTrainer(
@@ -438,7 +440,7 @@ def _fit(
         "wall_time_s": round(time.perf_counter() - started, 3),
         "train_runtime_s": output.metrics.get("train_runtime"),
         "steps_per_second": output.metrics.get("train_steps_per_second"),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": _peak_rss_mib(),
         **(
             {"peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
             if torch.cuda.is_available()
@@ -456,6 +458,22 @@ def _fit(
         metrics=metrics,
         report=report,
     )
+
+
+def _reset_peak_rss() -> None:
+    """Start the peak-RSS count afresh, so ``peak_rss_mib`` is this run's even when one process
+    trains several runs (``seglm compare``). Linux only; elsewhere the process's peak is kept."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mib() -> float:
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def jsonl_log_callback(path: Path) -> Any:
