@@ -135,6 +135,9 @@ def main() -> None:
     parser.add_argument(
         "--append", action="store_true", help="add to (or replace) the rows already in --out"
     )
+    parser.add_argument(
+        "--table", action="store_true", help="print the table of the rows in --out; run nothing"
+    )
     args = parser.parse_args()
     if args.one:
         path, loss, shape = args.one
@@ -143,8 +146,13 @@ def main() -> None:
         return
 
     out = Path(args.out)
+    print(HEADER + "\n|" + "---|" * 11, flush=True)
+    if args.table:
+        rows = json.loads(out.read_text())
+        for row in sorted(rows, key=table_order):
+            print(table_row(estimate_needs(row, rows)))
+        return
     kept = json.loads(out.read_text()) if args.append and out.exists() else []
-    print(HEADER + "\n|" + "---|" * 10, flush=True)
     rows: list[dict] = []
     # Memory of the materialised path in units of one N x V float32 buffer, per (loss, V, H),
     # measured at the smallest N and used to tell whether a larger N fits; before any
@@ -182,24 +190,50 @@ def main() -> None:
 
 
 HEADER = (
-    "| N | V | H | loss | materialised s (cpu s) | fused s (cpu s) | time ratio (cpu) "
+    "| N | V | H | loss | head | materialised s (cpu s) | fused s (cpu s) | time ratio (cpu) "
     "| materialised GiB | fused GiB | memory ratio |"
 )
 
 
+def estimate_needs(row: dict, rows: list[dict]) -> dict:
+    """A row that did not fit, with its memory extrapolated linearly in N from the smallest N
+    measured for the same loss and V x H (rows may come from different runs)."""
+    if not row["materialised"].get("does_not_fit"):
+        return row
+    same = [
+        other
+        for other in rows
+        if "extra_bytes" in other["materialised"]
+        and row_key(other)[1:] == row_key(row)[1:]
+        and other["n"] < row["n"]
+    ]
+    if not same:
+        return row
+    smallest = min(same, key=lambda other: other["n"])
+    needs = smallest["materialised"]["extra_bytes"] * row["n"] / smallest["n"]
+    return {**row, "materialised": {"does_not_fit": True, "needs_bytes": needs}}
+
+
+def table_order(row: dict) -> tuple:
+    return (row["h"], row["v"], row["n"], row["frozen_head"], LOSSES.index(row["loss"]))
+
+
 def table_row(row: dict) -> str:
     materialised, fused = row["materialised"], row["fused"]
+    memory_ratio = f"{cell(row['memory_ratio'], 1)}x"
     if materialised.get("does_not_fit"):
         mat_time = "does not fit"
         mat_memory = f"needs ~{materialised['needs_bytes'] / GIB:.1f}"
+        memory_ratio = f"~{materialised['needs_bytes'] / fused['extra_bytes']:.0f}x (est.)"
     else:
         mat_time = f"{materialised['seconds']:.2f} ({materialised['cpu_seconds']:.1f})"
         mat_memory = f"{materialised['extra_bytes'] / GIB:.2f}"
     return (
-        f"| {row['n']} | {row['v']} | {row['h']} | {row['loss']} | {mat_time} "
+        f"| {row['n']} | {row['v']} | {row['h']} | {row['loss']} "
+        f"| {'frozen' if row['frozen_head'] else 'trained'} | {mat_time} "
         f"| {fused['seconds']:.2f} ({fused['cpu_seconds']:.1f}) "
         f"| {cell(row['time_ratio'])} ({cell(row['cpu_time_ratio'])}) | {mat_memory} "
-        f"| {fused['extra_bytes'] / GIB:.2f} | {cell(row['memory_ratio'], 1)}x |"
+        f"| {fused['extra_bytes'] / GIB:.2f} | {memory_ratio} |"
     )
 
 

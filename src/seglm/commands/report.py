@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -52,6 +53,10 @@ def register(app: typer.Typer) -> None:
         print_report(report)
 
 
+# Written to a log or a pipe, the table is not wrapped to 80 columns (Rich's default there).
+LOG_WIDTH = 160
+
+
 def print_report(report: Report, console: Console | None = None) -> None:
     """The main table of each (task, model), the headline statistic and the report's path."""
     from rich.table import Table
@@ -59,6 +64,8 @@ def print_report(report: Report, console: Console | None = None) -> None:
     from seglm.report import TABLE_HEADER, headline_text, table_rows
 
     console = console or Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH
     for group_report in report.groups:
         group = group_report.group
         table = Table(title=f"{group.task} / {group.model}: {len(group.ids)} examples per cell")
