@@ -172,3 +172,29 @@ def test_seglm_trainer_logs_each_component_and_uses_the_answer_mask(tmp_path: Pa
 def test_seglm_loss_needs_labels() -> None:
     with pytest.raises(ValueError, match="needs labels"):
         SegLMLoss("ce")({"logits": torch.zeros(1, 2, 3)}, None)
+
+
+def test_seglm_trainer_evaluation_with_the_fused_head(tmp_path: Path) -> None:
+    rows = token_rows()
+
+    def evaluate(fused_loss: bool, loss_only: bool) -> Any:
+        trainer = SegLMTrainer(
+            model=tiny_llama(vocab_size=VOCAB, hidden_size=32, seed=0),
+            args=arguments(tmp_path, remove_unused_columns=False, prediction_loss_only=loss_only),
+            data_collator=default_data_collator,
+            objective="ce=0.6,lovasz=0.4",
+            fused_loss=fused_loss,
+        )
+        assert (trainer.fused_head is not None) == fused_loss
+        return trainer.predict(rows)
+
+    expected = evaluate(fused_loss=False, loss_only=False)
+    # The loss alone comes from the fused head; a caller that wants logits gets them materialised.
+    loss_only = evaluate(fused_loss=True, loss_only=True)
+    with_logits = evaluate(fused_loss=True, loss_only=False)
+    assert loss_only.predictions is None
+    assert loss_only.metrics["test_loss"] == pytest.approx(expected.metrics["test_loss"], rel=1e-5)
+    assert with_logits.predictions.shape == (len(rows), 12, VOCAB)
+    torch.testing.assert_close(
+        torch.as_tensor(with_logits.predictions), torch.as_tensor(expected.predictions)
+    )
