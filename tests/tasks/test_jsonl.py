@@ -86,6 +86,11 @@ def test_multiple_choice_with_index_or_letter_labels(tmp_path: Path, label: obje
         ('{"prompt": "p", "choices": "a, b", "label": 0}', "field 'choices': expected a list"),
         ('{"choices": ["a", "b"], "label": 0}', "field 'prompt': missing"),
         ('{"prompt": "p", "choices": ["a", "b"], "label": 0', "malformed JSON"),
+        # Exact match reads the letters A-H only: a ninth choice could never be scored right.
+        (
+            '{"prompt": "p", "choices": ["1", "2", "3", "4", "5", "6", "7", "8", "9"], "label": 8}',
+            "field 'choices': more than 8 choices",
+        ),
     ],
 )
 def test_bad_choice_records_name_file_line_and_field(

@@ -24,7 +24,9 @@ RELATIVE_TOLERANCE = {"gsm8k": 0.0, "mathqa": 1e-4}
 # A minus sign counts only where it cannot be a subtraction: "16-3" is 16 and 3, not -3.
 _NUMBER = re.compile(rf"(?<![\w.])-?\$?(?:{NUMBER_PATTERN})")
 _STRICT_ANSWER = re.compile(rf"####\s*(?P<number>-?\s*\$?\s*(?:{NUMBER_PATTERN}))")
-_LETTERS = "A-H"
+# The answer letters a choice task may use: extraction must not read a word such as "I" as one.
+CHOICE_LETTERS = "ABCDEFGH"
+_LETTERS = f"{CHOICE_LETTERS[0]}-{CHOICE_LETTERS[-1]}"
 _LONE_LEADING_LETTER = re.compile(rf"\s*\(?([{_LETTERS}])(?:[.):,]|\s*$|\s*\n)")
 _LETTER_AFTER_ANSWER = re.compile(rf"(?i:answer)\s*:\s*\(?([{_LETTERS}])\b")
 

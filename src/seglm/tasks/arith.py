@@ -89,7 +89,6 @@ class Arith(GSM8K):
 
     name: ClassVar[str] = "arith"
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
-    paper_max_length: ClassVar[int | None] = None
 
     min_steps: int = 2
     max_steps: int = 3

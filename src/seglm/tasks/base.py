@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from seglm.metrics.exact_match import CHOICE_LETTERS
+
 logger = logging.getLogger(__name__)
 
 DataDir = str | os.PathLike[str] | None
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+LETTERS = CHOICE_LETTERS  # at most len(LETTERS) choices: the letters exact match can read
 PROMPT_STYLES = ("plain", "chat")
 ERROR_POLICIES = ("raise", "skip")
 MAX_ERRORS_KEPT = 20
@@ -215,7 +217,6 @@ class Task:
     splits: ClassVar[tuple[str, ...]]
     split_aliases: ClassVar[dict[str, str]] = {}
     plain_max_length: ClassVar[int]  # token limit for the plain prompt (see default_max_length)
-    paper_max_length: ClassVar[int | None] = None  # the research code's limit, for paper presets
     max_new_tokens: ClassVar[int]
     stop_strings: ClassVar[tuple[str, ...]] = ("\nQuestion:",)
 

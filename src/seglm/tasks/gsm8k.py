@@ -69,7 +69,6 @@ class GSM8K(Task):
     name: ClassVar[str] = "gsm8k"
     answer_format: ClassVar[str] = "gsm8k"
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test", "official_train")
-    paper_max_length: ClassVar[int] = 128
 
     target: str = "paper"
 

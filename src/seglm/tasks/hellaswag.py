@@ -70,7 +70,6 @@ class HellaSwag(Task):
     answer_format: ClassVar[str] = "choice"
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
     plain_max_length: ClassVar[int] = 256
-    paper_max_length: ClassVar[int] = 256
     max_new_tokens: ClassVar[int] = 4
     stop_strings: ClassVar[tuple[str, ...]] = ("\n",)
 

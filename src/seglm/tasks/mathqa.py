@@ -140,7 +140,6 @@ class MathQA(Task):
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test", "challenge_test")
     split_aliases: ClassVar[dict[str, str]] = {"dev": "validation"}
     plain_max_length: ClassVar[int] = 1024
-    paper_max_length: ClassVar[int] = 1024
 
     target: str = "paper"
 

@@ -95,7 +95,6 @@ class OpenBookQA(Task):
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
     split_aliases: ClassVar[dict[str, str]] = {"dev": "validation"}
     plain_max_length: ClassVar[int] = 128
-    paper_max_length: ClassVar[int] = 128
     max_new_tokens: ClassVar[int] = 4
     stop_strings: ClassVar[tuple[str, ...]] = ("\n",)
 
