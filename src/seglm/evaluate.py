@@ -49,6 +49,7 @@ from seglm.metrics import (
 from seglm.metrics.exact_match import reference_answer
 from seglm.tasks import Example, Task, get_task
 from seglm.tasks.base import LETTERS
+from seglm.train import REPORT_FILE as TRAIN_REPORT
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ MODEL_WEIGHTS = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-TRAIN_REPORT = "train_report.json"
 OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
 
 
@@ -374,7 +374,9 @@ def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(path.name + ".tmp")
+    """Readers see the old file or the new one, never half of it; the process id keeps
+    concurrent writers (sharded grids) off each other's staging file."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     staging.write_text(text, encoding="utf-8")
     os.replace(staging, path)
 

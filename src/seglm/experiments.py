@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -34,7 +35,11 @@ from typing import Any
 
 import yaml
 
-from seglm.config import ConfigError, TrainConfig, check_keys, coerce
+from seglm.config import DTYPES, ConfigError, TrainConfig, check_keys, coerce
+
+# Written last by seglm.evaluate and seglm.train: METRICS_FILE's presence finishes a cell.
+from seglm.evaluate import METRICS_FILE, SCORINGS, write_atomically
+from seglm.train import REPORT_FILE as TRAIN_REPORT
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +47,6 @@ GRID_FILE = "grid.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 ERROR_FILE = "error.txt"
-METRICS_FILE = "metrics.json"  # written last by seglm.evaluate: its presence finishes a cell
-TRAIN_REPORT = "train_report.json"  # written last by seglm.train
 BASE = "base"
 CE = "ce"
 DEFAULT_LAMBDA = 0.6
@@ -109,10 +112,11 @@ class EvalSpec:
                 raise GridError(f"eval.{name} must be an integer, got {value!r}")
             if value is not None and value < 1:
                 raise GridError(f"eval.{name} must be >= 1, got {value}")
-        if self.dtype not in ("fp32", "bf16", "fp16"):
-            raise GridError(f"eval.dtype must be fp32, bf16 or fp16, got {self.dtype!r}")
-        if self.scoring not in ("generate", "loglik", "both"):
-            raise GridError(f"eval.scoring must be generate, loglik or both, got {self.scoring!r}")
+        for name, choices in (("dtype", DTYPES), ("scoring", SCORINGS)):
+            if getattr(self, name) not in choices:
+                raise GridError(
+                    f"eval.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
 
     def identity(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
@@ -513,10 +517,8 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
     path = root / GRID_FILE
     if path.is_file():
         previous = read_grid_file(root)
-        changed = _differences(
-            {key: previous.get(key) for key in ("tasks", "models", "train", "model_train", "eval")},
-            grid.identity(),
-        )
+        identity = {key: current[key] for key in grid.identity()}
+        changed = _differences({key: previous.get(key) for key in identity}, identity)
         if changed:
             raise GridError(
                 f"{root} holds another grid ({'; '.join(changed)}); a grid may only be extended "
@@ -530,14 +532,8 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
             f"{root} is not empty and holds no {GRID_FILE}: choose a new or empty runs folder"
         )
     root.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, json.dumps(current, indent=2) + "\n")
+    write_atomically(path, json.dumps(current, indent=2) + "\n")
     return current
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
 
 
 # -- running cells -----------------------------------------------------------------------------
@@ -611,37 +607,26 @@ def _evaluate_on_main_process(
 ) -> None:
     """Evaluation is not distributed: rank 0 evaluates while the others wait, so that every
     process starts the next cell together, whether the evaluation succeeded or not."""
+    from seglm.evaluate import evaluate  # looked up at call time: tests replace it
+
     try:
         if _is_main_process():
-            _evaluate(grid, model_ref, folder, config, task, progress)
+            evaluate(
+                str(model_ref),
+                task,
+                grid.eval.split,
+                folder,
+                task_options=config.task_options if task is not None else None,
+                scoring=grid.eval.scoring,
+                limit=grid.eval.limit,
+                batch_size=grid.eval.batch_size,
+                dtype=grid.eval.dtype,
+                max_new_tokens=grid.eval.max_new_tokens,
+                data_dir=config.data_dir,
+                progress=progress,
+            )
     finally:
         _barrier()
-
-
-def _evaluate(
-    grid: Grid,
-    model_ref: str | Path,
-    folder: Path,
-    config: TrainConfig,
-    task: str | None,
-    progress: bool,
-) -> None:
-    from seglm.evaluate import evaluate
-
-    evaluate(
-        str(model_ref),
-        task,
-        grid.eval.split,
-        folder,
-        task_options=config.task_options if task is not None else None,
-        scoring=grid.eval.scoring,
-        limit=grid.eval.limit,
-        batch_size=grid.eval.batch_size,
-        dtype=grid.eval.dtype,
-        max_new_tokens=grid.eval.max_new_tokens,
-        data_dir=config.data_dir,
-        progress=progress,
-    )
 
 
 @dataclass
@@ -744,14 +729,13 @@ def write_summary(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
     root = Path(root)
     rows = summarize(root)
     payload = {"grid": read_grid_file(root), "cells": rows}
-    _write_atomically(root / SUMMARY_JSON, json.dumps(payload, indent=2) + "\n")
+    write_atomically(root / SUMMARY_JSON, json.dumps(payload, indent=2) + "\n")
     columns = _distinct([*SUMMARY_HEAD, *(key for row in rows for key in row)])
-    staging = root / f".{SUMMARY_CSV}.{os.getpid()}.tmp"
-    with staging.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(staging, root / SUMMARY_CSV)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(root / SUMMARY_CSV, table.getvalue())
     return rows
 
 

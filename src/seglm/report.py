@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from seglm.evaluate import METRICS_FILE, PREDICTIONS_FILE, SETTINGS_FILE
 from seglm.experiments import (
     BASE,
     CE,
-    METRICS_FILE,
     Cell,
     GridError,
     finished_cells,
@@ -55,8 +55,6 @@ if TYPE_CHECKING:
 REPORT_FILE = "report.md"
 REPORT_JSON = "report.json"
 FIGURES_DIR = "figures"
-PREDICTIONS_FILE = "predictions.jsonl"
-EVAL_SETTINGS_FILE = "eval_config.json"
 LOG_FILE = "log.jsonl"
 ROSCOE_FILE = "roscoe.jsonl"  # per-example ROSCOE scores, one line per prediction (by id)
 MAIN_METRICS = ("exact_match", "iou")
@@ -158,9 +156,9 @@ def _read_log(folder: Path) -> list[dict[str, Any]]:
 def _check_same_evaluation(cells: Sequence[tuple[Cell, Path]]) -> None:
     """Cells compared on one table must have evaluated the same way."""
     first_cell, first_folder = cells[0]
-    reference = read_json(first_folder / EVAL_SETTINGS_FILE) or {}
+    reference = read_json(first_folder / SETTINGS_FILE) or {}
     for cell, folder in cells[1:]:
-        settings = read_json(folder / EVAL_SETTINGS_FILE) or {}
+        settings = read_json(folder / SETTINGS_FILE) or {}
         for key in COMPARED_SETTINGS:
             if settings.get(key) != reference.get(key):
                 raise GridError(
@@ -278,7 +276,7 @@ def _questions(folder: Path, data_dir: str | None) -> dict[str, str]:
     """Each evaluated example's question (ROSCOE's source), by id, from the evaluated task."""
     from seglm.tasks import get_task
 
-    settings = read_json(folder / EVAL_SETTINGS_FILE) or {}
+    settings = read_json(folder / SETTINGS_FILE) or {}
     # The question does not depend on how the prompt is rendered (a chat template needs a
     # tokenizer that this does not load).
     options = {**(settings.get("task_options") or {}), "prompt_style": "plain"}
@@ -326,11 +324,11 @@ def arm_stats(group: Group, resamples: int, seed: int) -> list[ArmStats]:
         versus: dict[str, PairedDifference] = {}
         mcnemar = None
         if ce is not None and arm is not ce:
-            for metric in MAIN_METRICS:
-                pair = _paired_rows(arm, ce, metric)
+            pairs = {metric: _paired_rows(arm, ce, metric) for metric in MAIN_METRICS}
+            for metric, pair in pairs.items():
                 if pair is not None and np.isfinite(pair[0] - pair[1]).any():
                     versus[metric] = paired_bootstrap(*pair, resamples=resamples, seed=seed)
-            pair = _paired_rows(arm, ce, "exact_match")
+            pair = pairs["exact_match"]
             if pair is not None and np.isfinite(pair[0]).all() and np.isfinite(pair[1]).all():
                 mcnemar = mcnemar_exact(*pair)
         results.append(
@@ -606,7 +604,7 @@ def correlations(group: Group) -> dict[str, Any] | None:
     return pearson_correlations(records, columns)
 
 
-def plot_correlations(result: dict[str, Any], title: str, path: Path) -> bool:
+def plot_correlations(result: dict[str, Any], title: str, path: Path) -> None:
     columns = result["columns"]
     size = len(columns)
     matrix = np.eye(size)
@@ -633,7 +631,6 @@ def plot_correlations(result: dict[str, Any], title: str, path: Path) -> bool:
     figure.colorbar(image, ax=axes, label="Pearson r")
     axes.set_title(f"{title}\nPearson r over {result['n_records']} predictions")
     figure.savefig(path)
-    return True
 
 
 # -- the report --------------------------------------------------------------------------------
