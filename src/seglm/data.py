@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
+from seglm.config import OVERFLOWS as OVERFLOW_POLICIES
+from seglm.losses.objective import CE_SCOPES
 from seglm.tasks.base import Example
 
 IGNORE_INDEX = -100
-CE_SCOPES = ("all", "answer")
-OVERFLOW_POLICIES = ("truncate_prompt", "drop")
 PAD_VALUES = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX, "answer_mask": 0}
 
 

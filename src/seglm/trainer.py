@@ -56,7 +56,6 @@ class SegLMTrainer(Trainer):
         *args: Any,
         objective: Objective | str,
         fused_loss: bool | None = None,
-        fused_chunk_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         training_args = kwargs.get("args") or (args[1] if len(args) > 1 else None)
@@ -69,28 +68,28 @@ class SegLMTrainer(Trainer):
         self.fused_head: FusedObjectiveHead | None = None
         if fused_loss or (fused_loss is None and self.fused_head_reason is None):
             # Before Trainer.__init__, so wrappers (DDP, FSDP, DeepSpeed) see the fused head.
-            self.fused_head = install_fused_head(model, self.objective, fused_chunk_size)
+            self.fused_head = install_fused_head(model, self.objective)
         super().__init__(*args, **kwargs)
         # Our loss is normalised by the window's token counts: the Trainer must not divide by GA.
         self.loss_is_scaled_for_ga = True
-        self._component_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        # Sums stay on the device: no host copy per micro-batch.
+        self._component_sums: dict[str, Any] = defaultdict(float)
         self._component_steps = 0
 
-    def get_batch_samples(self, *args: Any, **kwargs: Any) -> tuple[list, Any]:
-        batches, _ = super().get_batch_samples(*args, **kwargs)
-        counts = count_items(batches, self.objective.ignore_index)
-        if (
-            counts is not None
-            and self.args.average_tokens_across_devices
-            and self.args.world_size > 1
+    def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> ItemCounts | None:
+        """The counts every term normalises by: of a training window, or of an evaluation
+        batch (the Trainer calls this for both), summed over processes when the Trainer
+        averages tokens across devices."""
+        counts = count_items(batch_samples, self.objective.ignore_index)
+        if counts is None or not (
+            self.args.average_tokens_across_devices and self.args.world_size > 1
         ):
-            device = self.args.device
-            stacked = torch.stack(
-                [torch.as_tensor(c) for c in (counts.labels, counts.answer, counts.sequences)]
-            )
-            total = self.accelerator.gather(stacked.to(device).reshape(1, 3)).sum(0)
-            counts = ItemCounts(labels=total[0], answer=total[1], sequences=total[2])
-        return batches, counts
+            return counts
+        stacked = torch.stack(
+            [torch.as_tensor(c) for c in (counts.labels, counts.answer, counts.sequences)]
+        )
+        total = self.accelerator.gather(stacked.to(device).reshape(1, 3)).sum(0)
+        return ItemCounts(labels=total[0], answer=total[1], sequences=total[2])
 
     def compute_loss(
         self,
@@ -124,7 +123,7 @@ class SegLMTrainer(Trainer):
             )
         if model.training:
             for name, value in result.components.items():
-                self._component_sums[name] = self._component_sums[name] + value.float().cpu()
+                self._component_sums[name] = self._component_sums[name] + value.float()
             self._component_steps += 1
         if (
             num_items_in_batch is not None
