@@ -4,10 +4,11 @@ Times come from one process per shape that runs the losses in interleaved rounds
 rounds), so a busy machine slows all of them alike. Memory comes from a fresh subprocess per loss
 and shape, so its peak RSS (ru_maxrss) is its own: extra bytes over the logits themselves, and in
 units of one N x V float32 buffer (the gradient of the logits is one such buffer).
-Targets follow Zipf's law (s = 1.1, token ids by rank), like token frequencies in text: 1462
-distinct classes in 4096 tokens, pessimistic next to GSM8K answers (440 distinct in 4096 SmolLM2
-tokens). ``--targets uniform`` is the worst case for the set losses (about N distinct classes).
-Writes benchmarks/results/losses.json.
+Targets follow Zipf's law (s = 1.1, token ids by rank), like token frequencies in text:
+1367 to 1605 distinct classes in 4096 tokens (V = 32000 to 151936), pessimistic next to GSM8K
+answers (440 distinct in 4096 SmolLM2 tokens). ``--targets uniform`` is the worst case for the
+set losses (about N distinct classes).
+Writes benchmarks/results/losses-<targets>.json.
 
     python benchmarks/losses.py                      # the full table
     python benchmarks/losses.py --sizes 512x32000    # one shape
