@@ -78,11 +78,16 @@ def select_valid(logits: Tensor, targets: Tensor, ignore_index: int, group: str)
     rows = (flat_targets != ignore_index).nonzero().squeeze(1)
     kept_targets = flat_targets.index_select(0, rows)
     check_targets(kept_targets, logits.shape[-1], ignore_index)
-    sequence_of_row = rows // targets.shape[1] if group == "sequence" else torch.zeros_like(rows)
-    group_ids, num_groups = dense_group_ids(sequence_of_row)
+    group_ids, num_groups = group_ids_of(rows, targets.shape[-1], group)
     return ValidTokens(
         logits.reshape(-1, logits.shape[-1]), rows, kept_targets, group_ids, num_groups
     )
+
+
+def group_ids_of(positions: Tensor, seq_len: int, group: str) -> tuple[Tensor, int]:
+    """Dense group ids of flat positions ``b * T + t``: one group per sequence, or one for all."""
+    sequence = positions // seq_len if group == "sequence" else torch.zeros_like(positions)
+    return dense_group_ids(sequence)
 
 
 def per_group_mean(values: Tensor, group_of_value: Tensor, num_groups: int) -> Tensor:

@@ -42,9 +42,9 @@ from ._present import (
     present_class_layout,
     present_class_probs,
 )
-from ._tokens import check_targets, compute_dtype, dense_group_ids
+from ._tokens import check_targets, compute_dtype, group_ids_of
 from .cross_entropy import token_mean
-from .objective import SET_LOSSES, ItemCounts, Objective, ObjectiveOutput
+from .objective import SET_LOSSES, ItemCounts, Objective, ObjectiveOutput, SelectedRows
 
 # Default rows per chunk: about this many float32 logits (256 MiB) in a chunk, whatever the
 # number of tokens, so the memory of the loss depends on the vocabulary only.
@@ -53,41 +53,6 @@ CHUNK_VALUES = 2**26
 
 def default_chunk_size(vocab: int) -> int:
     return max(1, CHUNK_VALUES // vocab)
-
-
-@dataclass
-class _Rows:
-    """The positions the objective uses, after shifting (position t predicts token t + 1)."""
-
-    index: Tensor  # [n] flat position b * T + t
-    targets: Tensor  # [n] the shifted label
-    in_ce: Tensor  # [n] bool: the CE term averages over this row
-    in_answer: Tensor  # [n] bool: the other terms average over this row
-    n_labels: Tensor  # supervised positions of the micro-batch (for the normalisation)
-    n_answer: Tensor  # answer positions of the micro-batch
-    n_sequences: Tensor  # examples of the micro-batch with an answer position
-
-
-def _select_rows(objective: Objective, labels: Tensor, answer_mask: Tensor | None) -> _Rows:
-    """Shift the labels and keep the rows some term uses, as ``Objective.__call__`` does."""
-    ignore = objective.ignore_index
-    target = F.pad(labels, (0, 1), value=ignore)[:, 1:]
-    supervised = target != ignore
-    answer = supervised
-    if answer_mask is not None:
-        answer = F.pad(answer_mask.bool(), (0, 1), value=False)[:, 1:] & supervised
-    in_ce = supervised if objective.ce_scope == "all" else answer
-    used = (in_ce | answer) if "ce" in objective.weights else answer
-    index = used.reshape(-1).nonzero().squeeze(1)
-    return _Rows(
-        index,
-        target.reshape(-1).index_select(0, index),
-        in_ce.reshape(-1).index_select(0, index),
-        answer.reshape(-1).index_select(0, index),
-        supervised.sum(),
-        answer.sum(),
-        answer.any(dim=1).sum(),
-    )
 
 
 @dataclass
@@ -124,12 +89,11 @@ class _PairColumns:
         return present_class_probs(self.layout, pair_logits, log_normalizer[self.rows])
 
 
-def _pair_columns(rows: _Rows, group: str, seq_len: int, vocab: int) -> _PairColumns:
+def _pair_columns(rows: SelectedRows, group: str, seq_len: int, vocab: int) -> _PairColumns:
     """Groups and present classes as ``Objective.__call__`` forms them."""
     answer = rows.in_answer.nonzero().squeeze(1)
     answer_positions = rows.index.index_select(0, answer)
-    sequence = answer_positions // seq_len if group == "sequence" else torch.zeros_like(answer)
-    group_ids, num_groups = dense_group_ids(sequence)
+    group_ids, num_groups = group_ids_of(answer_positions, seq_len, group)
     targets = rows.targets.index_select(0, answer)
     layout = present_class_layout(targets, group_ids, num_groups, vocab)
     classes_per_group = torch.bincount(layout.pair_group, minlength=num_groups)
@@ -149,7 +113,7 @@ class _Plan:
     names: list[str]  # the terms, in the order of ``loss_weights`` and of the term values
     loss_weights: Tensor  # [terms]: the objective's weight times this micro-batch's share
     rows_per_term: Tensor  # [terms]: how many rows each term averages over
-    rows: _Rows
+    rows: SelectedRows
     pairs: _PairColumns | None  # None: no set term, or no answer row to apply one to
     chunk_size: int
     needs_grad: tuple[bool, bool, bool]  # hidden, weight, bias
@@ -370,7 +334,6 @@ def _check_inputs(
     hidden: Tensor,
     weight: Tensor,
     labels: Tensor,
-    answer_mask: Tensor | None,
     bias: Tensor | None,
     chunk_size: int,
 ) -> None:
@@ -386,25 +349,19 @@ def _check_inputs(
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must be [V] = [{weight.shape[0]}], got {tuple(bias.shape)}")
-    if answer_mask is not None and tuple(answer_mask.shape) != tuple(labels.shape):
-        raise ValueError(
-            f"answer_mask shape {tuple(answer_mask.shape)} must equal labels shape "
-            f"{tuple(labels.shape)}"
-        )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
 def _loss_weights(
     objective: Objective,
-    rows: _Rows,
+    rows: SelectedRows,
     num_items_in_batch: int | float | Tensor | ItemCounts | None,
     dtype: torch.dtype,
 ) -> Tensor:
     weights = torch.zeros(len(objective.weights), dtype=dtype, device=rows.index.device)
     for i, (name, weight) in enumerate(objective.weights.items()):
-        local = {"labels": rows.n_labels, "answer": rows.n_answer, "sequences": rows.n_sequences}
-        share = objective.term_share(name, num_items_in_batch, local)
+        share = objective.term_share(name, num_items_in_batch, rows.counts)
         # The share may be a float32 tensor: round it alone, as the materialised path does.
         weights[i] = torch.as_tensor(share, dtype=dtype) * weight
     return weights
@@ -429,8 +386,8 @@ def fused_objective_loss(
     """
     vocab = weight.shape[0]
     chunk_size = default_chunk_size(vocab) if chunk_size is None else chunk_size
-    _check_inputs(hidden, weight, labels, answer_mask, bias, chunk_size)
-    rows = _select_rows(objective, labels, answer_mask)
+    _check_inputs(hidden, weight, labels, bias, chunk_size)
+    rows = objective.select_rows(labels, answer_mask)
     check_targets(rows.targets, vocab, objective.ignore_index)
     flat = hidden.reshape(-1, hidden.shape[-1])
     # Advanced indexing, not index_select: on CPU the latter is several times slower for wide

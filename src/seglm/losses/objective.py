@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ._present import PresentClassProbs, present_class_layout, present_class_probs
 from ._statistics import row_statistics
-from ._tokens import GROUPS, check_choice, check_targets, connected_zero, dense_group_ids
+from ._tokens import GROUPS, check_choice, check_targets, connected_zero, group_ids_of
 from .cross_entropy import token_mean
 from .dice import (
     ABSENT_POLICIES,
@@ -94,6 +94,17 @@ class ItemCounts:
 
 
 @dataclass
+class SelectedRows:
+    """The positions some term uses, after shifting (position t predicts token t + 1)."""
+
+    index: Tensor  # [n] flat position b * T + t
+    targets: Tensor  # [n] the shifted label
+    in_ce: Tensor  # [n] bool: the CE term averages over this row
+    in_answer: Tensor  # [n] bool: the other terms average over this row
+    counts: dict[str, Tensor]  # the micro-batch's labels, answer tokens and answered sequences
+
+
+@dataclass
 class ObjectiveOutput:
     loss: Tensor
     components: dict[str, Tensor] = field(default_factory=dict)  # unweighted, detached, local
@@ -156,6 +167,37 @@ class Objective:
     def spec(self) -> str:
         return ",".join(f"{name}={weight:g}" for name, weight in self.weights.items())
 
+    def select_rows(self, labels: Tensor, answer_mask: Tensor | None = None) -> SelectedRows:
+        """Shift the labels and keep the positions some term uses (shared with the fused path)."""
+        ignore = self.ignore_index
+        # Position t predicts token t + 1: pad the labels instead of slicing the logits, which
+        # would copy all B x T x V of them.
+        target = F.pad(labels, (0, 1), value=ignore)[:, 1:]
+        supervised = target != ignore
+        answer = supervised
+        if answer_mask is not None:
+            if tuple(answer_mask.shape) != tuple(labels.shape):
+                raise ValueError(
+                    f"answer_mask shape {tuple(answer_mask.shape)} must equal labels shape "
+                    f"{tuple(labels.shape)}"
+                )
+            answer = F.pad(answer_mask.bool(), (0, 1), value=False)[:, 1:] & supervised
+        in_ce = supervised if self.ce_scope == "all" else answer
+        used = (in_ce | answer) if "ce" in self.weights else answer
+        index = used.reshape(-1).nonzero().squeeze(1)
+        counts = {
+            "labels": supervised.sum(),
+            "answer": answer.sum(),
+            "sequences": answer.any(dim=1).sum(),
+        }
+        return SelectedRows(
+            index,
+            target.reshape(-1).index_select(0, index),
+            in_ce.reshape(-1).index_select(0, index),
+            answer.reshape(-1).index_select(0, index),
+            counts,
+        )
+
     def __call__(
         self,
         logits: Tensor,
@@ -174,45 +216,23 @@ class Objective:
                 f"expected logits [B, T, V] and labels [B, T]; got {tuple(logits.shape)} and "
                 f"{tuple(labels.shape)}"
             )
-        ignore = self.ignore_index
-        # Position t predicts token t + 1: pad the labels instead of slicing the logits, which
-        # would copy all B x T x V of them.
-        target = F.pad(labels, (0, 1), value=ignore)[:, 1:]
-        supervised = target != ignore
-        if answer_mask is None:
-            answer = supervised
-        else:
-            if tuple(answer_mask.shape) != tuple(labels.shape):
-                raise ValueError(
-                    f"answer_mask shape {tuple(answer_mask.shape)} must equal labels shape "
-                    f"{tuple(labels.shape)}"
-                )
-            answer = F.pad(answer_mask.bool(), (0, 1), value=False)[:, 1:] & supervised
         vocab = logits.shape[-1]
-        in_ce = supervised if self.ce_scope == "all" else answer
-        rows_mask = (in_ce | answer) if "ce" in self.weights else answer
+        rows = self.select_rows(labels, answer_mask)
+        check_targets(rows.targets, vocab, self.ignore_index)
         flat = logits.reshape(-1, vocab)
-        rows = rows_mask.reshape(-1).nonzero().squeeze(1)
-        row_targets = target.reshape(-1).index_select(0, rows)
-        check_targets(row_targets, vocab, ignore)
-        answer_of_row = answer.reshape(-1).index_select(0, rows).nonzero().squeeze(1)
+        answer_of_row = rows.in_answer.nonzero().squeeze(1)
 
         present_layout = None
         pair_rows = pair_classes = None
         if SET_LOSSES & self.weights.keys() and answer_of_row.numel():
-            answer_rows = rows.index_select(0, answer_of_row)
-            sequence_of_row = (
-                answer_rows // labels.shape[1]
-                if self.group == "sequence"
-                else torch.zeros_like(answer_rows)
-            )
-            group_ids, num_groups = dense_group_ids(sequence_of_row)
+            answer_rows = rows.index.index_select(0, answer_of_row)
+            group_ids, num_groups = group_ids_of(answer_rows, labels.shape[1], self.group)
             present_layout = present_class_layout(
-                row_targets.index_select(0, answer_of_row), group_ids, num_groups, vocab
+                rows.targets.index_select(0, answer_of_row), group_ids, num_groups, vocab
             )
             pair_rows, pair_classes = answer_rows[present_layout.tokens], present_layout.pair_class
         ce, log_normalizer, pair_logits = row_statistics(
-            flat, rows, row_targets, pair_rows, pair_classes
+            flat, rows.index, rows.targets, pair_rows, pair_classes
         )
         answer_ce = ce.index_select(0, answer_of_row)
         present = (
@@ -225,16 +245,13 @@ class Objective:
 
         total = connected_zero(logits)
         components: dict[str, Tensor] = {}
-        n_labels, n_answer = supervised.sum(), answer.sum()
-        n_sequences = answer.any(dim=1).sum()
         for name, weight in self.weights.items():
             if name == "ce":
-                value = token_mean(ce[in_ce.reshape(-1).index_select(0, rows)])
+                value = token_mean(ce[rows.in_ce])
             else:
                 value = self._answer_term(name, answer_ce, present)
             components[name] = value.detach()
-            local = {"labels": n_labels, "answer": n_answer, "sequences": n_sequences}
-            scale = self.term_share(name, num_items_in_batch, local)
+            scale = self.term_share(name, num_items_in_batch, rows.counts)
             total = total + weight * value * scale
         return ObjectiveOutput(total, components)
 
