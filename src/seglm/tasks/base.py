@@ -186,6 +186,23 @@ def choice_prompt(question: str, choices: list[str], context: str | None = None)
     return "\n".join(lines)
 
 
+def label_index(value: Any, count: int, where: str, field_name: str, letters: bool = False) -> int:
+    """The gold choice as an index, from an int or a digit string (the hub's labels) or, with
+    ``letters``, an answer letter."""
+    expected = f"an index 0-{count - 1}" + (" or a letter" if letters else "")
+    if value is None:
+        raise DataError(where, field_name, f"missing; expected {expected}", "missing field")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if letters and isinstance(value, str):
+        return letter_index(value, count, where, field_name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(where, field_name, f"expected {expected}, got {value!r}", "bad label")
+    if not 0 <= value < count:
+        raise DataError(where, field_name, f"index {value} outside 0-{count - 1}", "bad label")
+    return value
+
+
 def letter_index(letter: str, count: int, where: str, field_name: str) -> int:
     """The index of an answer letter among ``count`` lettered choices."""
     index = LETTERS.find(letter.strip().upper()) if letter.strip() else -1
@@ -288,6 +305,28 @@ class Task:
         raise NotImplementedError
 
     # -- prompts ---------------------------------------------------------------------------
+
+    def choice_example(
+        self,
+        example_id: str,
+        question: str,
+        choices: list[str],
+        gold: int,
+        context: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Example:
+        """A multiple-choice example: the paper's lettered prompt, the gold letter as the
+        target and reference, the question as ROSCOE's source."""
+        return Example(
+            id=example_id,
+            prompt=self.render_prompt(choice_prompt(question, choices, context)),
+            target=LETTERS[gold],
+            reference=LETTERS[gold],
+            source=question,
+            choices=tuple(choices),
+            label=gold,
+            metadata=metadata or {},
+        )
 
     def render_prompt(self, plain_prompt: str) -> str:
         """The prompt the model sees: the plain text, or it as a chat user turn."""

@@ -18,17 +18,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .base import (
-    LETTERS,
     DataDir,
-    DataError,
     Example,
     LoadReport,
     Record,
     Task,
-    choice_prompt,
+    label_index,
     require,
     require_strings,
 )
@@ -46,20 +44,6 @@ SOURCE = DatasetSource(
         ),
     },
 )
-
-
-def gold_index(fields: dict[str, Any], count: int, where: str) -> int:
-    """The label as an index: an int, or the hub's digit string."""
-    label = fields.get("label")
-    if isinstance(label, str) and label.strip().isdigit():
-        label = int(label)
-    if isinstance(label, bool) or not isinstance(label, int):
-        raise DataError(
-            where, "label", f"expected an index 0-{count - 1}, got {label!r}", "bad label"
-        )
-    if not 0 <= label < count:
-        raise DataError(where, "label", f"index {label} outside 0-{count - 1}", "bad label")
-    return label
 
 
 @dataclass
@@ -87,14 +71,11 @@ class HellaSwag(Task):
         where = record.where
         context = require(fields, "ctx", str, where)
         endings = require_strings(fields, "endings", where)
-        gold = gold_index(fields, len(endings), where)
-        return Example(
-            id=f"{self.name}/{record.split}/{record.index}",
-            prompt=self.render_prompt(choice_prompt(context, endings)),
-            target=LETTERS[gold],
-            reference=LETTERS[gold],
-            source=context,
-            choices=tuple(endings),
-            label=gold,
+        gold = label_index(fields.get("label"), len(endings), where, "label")
+        return self.choice_example(
+            f"{self.name}/{record.split}/{record.index}",
+            context,
+            endings,
+            gold,
             metadata={"activity_label": fields.get("activity_label"), "ind": fields.get("ind")},
         )

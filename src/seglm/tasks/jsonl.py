@@ -19,18 +19,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .base import (
-    LETTERS,
     DataDir,
-    DataError,
     Example,
     LoadReport,
     Record,
     Task,
-    choice_prompt,
-    letter_index,
+    label_index,
     require,
     require_strings,
 )
@@ -123,14 +120,11 @@ class Jsonl(Task):
         }
         if self.choices_field:
             choices = require_strings(fields, self.choices_field, where)
-            gold = self.gold_index(fields, len(choices), where)
-            return Example(
-                prompt=self.render_prompt(choice_prompt(prompt, choices)),
-                target=LETTERS[gold],
-                reference=LETTERS[gold],
-                choices=tuple(choices),
-                label=gold,
-                **common,
+            gold = label_index(
+                fields.get(self.label_field), len(choices), where, self.label_field, letters=True
+            )
+            return self.choice_example(
+                common["id"], prompt, choices, gold, metadata=common["metadata"]
             )
         target = require(fields, self.target_field, str, where, "the answer to produce")
         reference = target
@@ -141,28 +135,3 @@ class Jsonl(Task):
         return Example(
             prompt=self.render_prompt(prompt), target=target, reference=reference, **common
         )
-
-    def gold_index(self, fields: dict[str, Any], count: int, where: str) -> int:
-        """The gold choice from an index (int or digit string) or a letter."""
-        value = fields.get(self.label_field)
-        expected = f"a choice index 0-{count - 1} or a letter"
-        if value is None:
-            raise DataError(
-                where, self.label_field, f"missing; expected {expected}", "missing field"
-            )
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, str):
-            return letter_index(value, count, where, self.label_field)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DataError(
-                where,
-                self.label_field,
-                f"expected {expected}, got {value!r}",
-                "bad label",
-            )
-        if not 0 <= value < count:
-            raise DataError(
-                where, self.label_field, f"index {value} outside 0-{count - 1}", "bad label"
-            )
-        return value

@@ -30,7 +30,6 @@ from .base import (
     LoadReport,
     Record,
     Task,
-    choice_prompt,
     require,
 )
 from .sources import DatasetSource, SplitSource, read_split
@@ -121,13 +120,11 @@ class OpenBookQA(Task):
         gold = labels.index(answer_key)
         fact = require(fields, "fact1", str, where, "the core fact") if self.context else None
         record_id = fields.get("id") or record.index
-        return Example(
-            id=f"{self.name}/{record.split}/{record_id}",
-            prompt=self.render_prompt(choice_prompt(stem, texts, fact)),
-            target=LETTERS[gold],
-            reference=LETTERS[gold],
-            source=stem,
-            choices=tuple(texts),
-            label=gold,
+        return self.choice_example(
+            f"{self.name}/{record.split}/{record_id}",
+            stem,
+            texts,
+            gold,
+            context=fact,
             metadata={"fact1": fact} if fact is not None else {},
         )
