@@ -28,7 +28,6 @@ OVERFLOWS: tuple[str, ...] = ("truncate_prompt", "drop")
 FINAL_WEIGHTS: tuple[str, ...] = ("best", "last")
 # report_to name -> the package it needs
 REPORTERS: dict[str, str] = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-# Fields that say how to run, not what the run is: they may differ when a run is resumed.
 # Fields that change how a run is computed or stored but not its result (a resumed run may differ).
 RUNTIME_FIELDS: frozenset[str] = frozenset(
     {"overwrite", "resume", "output_dir", "report_to", "fused_loss"}

@@ -26,6 +26,7 @@ from .roscoe_models import (
     RoscoeModels,
     load_models,
 )
+from .steps import FORMULA
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,6 @@ class RoscoeConfig:
 
 # --- steps -------------------------------------------------------------------------------------
 
-_FORMULA = re.compile(r"<<([^<>]*)>>")
 _ANSWER_MARKER = "####"
 # A sentence ends at . ! or ? (and closing quotes or brackets) followed by white space.
 _SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*\s+")
@@ -135,11 +135,11 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _line_steps(line: str) -> list[str]:
-    prose = _FORMULA.sub("", line)
+    prose = FORMULA.sub("", line)
     if _has_content(prose):
         # "48/2 = <<48/2=24>>24 clips": the calculator annotation repeats the prose around it.
         return _sentences_in_line(prose)
-    return [formula.strip() for formula in _FORMULA.findall(line) if _has_content(formula)]
+    return [formula.strip() for formula in FORMULA.findall(line) if _has_content(formula)]
 
 
 def split_steps(chain: str) -> list[str]:

@@ -45,7 +45,8 @@ STEP_METRICS = (
     "real_iou",
 )
 
-_FORMULA = re.compile(r"<<([^<>]+)>>")
+# A calculator annotation; its inner text is the formula. Tasks and ROSCOE use the same pattern.
+FORMULA = re.compile(r"<<([^<>]+)>>")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Step:
 def extract_formulas(answer_format: str, text: str) -> list[str]:
     """The inner strings of the ``<<...>>`` formulas, in order (P or L in SPEC section 4)."""
     _check_step_format(answer_format)
-    return [formula.strip() for formula in _FORMULA.findall(text)]
+    return [formula.strip() for formula in FORMULA.findall(text)]
 
 
 def parse_step(answer_format: str, formula: str) -> Step:

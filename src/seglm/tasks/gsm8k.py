@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+from seglm.metrics.steps import FORMULA
+
 from .base import (
     DataDir,
     DataError,
@@ -32,7 +34,6 @@ from .base import (
 from .sources import DatasetSource, SplitSource, holdout_split, read_split
 
 FINAL_LINE = re.compile(r"####[ \t]*(\S[^\n]*?)[ \t]*$", re.MULTILINE)
-ANNOTATION = re.compile(r"<<[^>]+>>")
 TARGET_STYLES = ("paper", "full")
 PAPER_HOLDOUT_FRACTION = 0.1
 PAPER_SEED = 42
@@ -59,7 +60,8 @@ def final_answer(solution: str, where: str, field_name: str = "answer") -> str:
 
 def paper_target(solution: str, answer: str) -> str:
     """The paper's target: every ``<<...>>`` annotation, then ``#### answer``, space-joined."""
-    return " ".join([*ANNOTATION.findall(solution), f"#### {answer}"])
+    annotations = [match.group(0) for match in FORMULA.finditer(solution)]
+    return " ".join([*annotations, f"#### {answer}"])
 
 
 @dataclass
