@@ -668,13 +668,15 @@ def run_grid(
     prepare_root(grid, root)
     mine = [cell for i, cell in enumerate(grid.cells()) if i % shard[1] == shard[0]]
     outcomes = []
+    rows: list[dict[str, Any]] | None = None
     for position, cell in enumerate(mine, start=1):
         outcome = run_cell(grid, cell, root, progress)
         outcomes.append(outcome)
         if _is_main_process():
-            write_summary(root)
+            rows = write_summary(root)
             on_cell(position, len(mine), outcome)
-    rows = summarize(root)
+    if rows is None:  # nothing ran here, or another process writes the summary
+        rows = summarize(root)
     return GridRun(root, outcomes, rows, time.perf_counter() - started)
 
 
@@ -719,16 +721,21 @@ def cell_row(root: Path, cell: Cell) -> dict[str, Any]:
     return row
 
 
-def summarize(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def summarize(
+    root: str | os.PathLike[str], grid_file: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """One row per cell of the folder's grid (``grid_file``: grid.json, if already read)."""
     root = Path(root)
-    return [cell_row(root, cell) for cell in grid_cells(read_grid_file(root))]
+    cells = grid_cells(grid_file if grid_file is not None else read_grid_file(root))
+    return [cell_row(root, cell) for cell in cells]
 
 
 def write_summary(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """summary.json (the grid and one row per cell) and summary.csv (the same rows)."""
     root = Path(root)
-    rows = summarize(root)
-    payload = {"grid": read_grid_file(root), "cells": rows}
+    grid_file = read_grid_file(root)
+    rows = summarize(root, grid_file)
+    payload = {"grid": grid_file, "cells": rows}
     write_atomically(root / SUMMARY_JSON, json.dumps(payload, indent=2) + "\n")
     columns = _distinct([*SUMMARY_HEAD, *(key for row in rows for key in row)])
     table = io.StringIO(newline="")
