@@ -257,6 +257,16 @@ def test_only_requested_families_are_scored() -> None:
     assert models.nli.calls == [] and models.perplexity.calls == []
 
 
+def test_whole_chain_and_source_are_encoded_only_for_their_scores() -> None:
+    models = fake_models()
+    config = RoscoeConfig(families=("semantic_alignment",), progress=False)
+    RoscoeScorer(config, models=models).score([{"source": SOURCE, "hypothesis": HYPOTHESIS}])
+    embedded = {text for call in models.sentence.calls for text in call}
+    # info_chain (semantic similarity) is the only reader of the whole texts.
+    assert SOURCE not in embedded and HYPOTHESIS not in embedded
+    assert embedded  # the steps and source sentences still are
+
+
 def test_empty_chain_has_no_scores_and_bad_input_names_the_field() -> None:
     scorer = RoscoeScorer(RoscoeConfig(progress=False), models=fake_models())
     (scores,) = scorer.score([{"source": SOURCE, "hypothesis": " \n"}]).scores

@@ -416,11 +416,18 @@ class RoscoeScorer:
         return RoscoeResult(scores, list(self.skipped), dict(self.models.names))
 
     def _precompute(self, chains: list[_Chain]) -> None:
+        # The whole chain and source are the longest texts: encode them only for their scores.
+        def wholes(c: _Chain) -> tuple[str, ...]:
+            return (c.chain_text, c.source_text) if "info_chain" in self.active else ()
+
+        def chain(c: _Chain) -> tuple[str, ...]:
+            return (c.chain_text,) if "perplexity_chain" in self.active else ()
+
         inputs: dict[str, Callable[[_Chain], Iterable[Any]]] = {
-            "sentence": lambda c: (*c.steps, *c.source, c.chain_text, c.source_text),
+            "sentence": lambda c: (*c.steps, *c.source, *wholes(c)),
             "token": lambda c: (*c.steps, *c.source),
             "nli": lambda c: (*step_pairs(c.steps), *source_pairs(c.source, c.steps)),
-            "perplexity": lambda c: (*c.steps, c.chain_text),
+            "perplexity": lambda c: (*c.steps, *chain(c)),
             "grammar": lambda c: c.steps,
         }
         for role, cache in self._caches.items():
@@ -446,9 +453,10 @@ class RoscoeScorer:
             source = np.stack([sentences[sentence] for sentence in chain.source])
             values["faithfulness_step"] = faithfulness_step(steps, source)
             values["info_step"] = info_step(steps, source)
-            values["info_chain"] = info_chain(
-                sentences[chain.chain_text], sentences[chain.source_text]
-            )
+            if "info_chain" in self.active:
+                values["info_chain"] = info_chain(
+                    sentences[chain.chain_text], sentences[chain.source_text]
+                )
             values["repetition_step"] = repetition_step(steps)
             if "token" in caches:
                 source_tokens = [caches["token"][sentence] for sentence in chain.source]
@@ -465,7 +473,8 @@ class RoscoeScorer:
             perplexities = caches["perplexity"]
             step_perplexities = [perplexities[step] for step in chain.steps]
             values["perplexity_step"] = perplexity_step(step_perplexities)
-            values["perplexity_chain"] = 1.0 / float(perplexities[chain.chain_text])
+            if "perplexity_chain" in self.active:
+                values["perplexity_chain"] = 1.0 / float(perplexities[chain.chain_text])
         if "grammar" in caches:
             values["grammar_step"] = grammar_step([caches["grammar"][s] for s in chain.steps])
         return values
