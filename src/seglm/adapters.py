@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from seglm.config import ConfigError, TrainConfig
-from seglm.models import load_model
+from seglm.models import load_model, resolve_dtype
 
 ALL_LINEAR = "all-linear"
 
@@ -37,7 +37,7 @@ def check_adapter_available(adapter: str) -> None:
 def base_dtype(config: TrainConfig) -> str:
     """Frozen base weights may live in the autocast dtype; fully trained weights stay float32
     (the optimiser's master copy) and autocast does the low-precision maths."""
-    return "fp32" if config.adapter == "full" else config.dtype
+    return "fp32" if config.adapter == "full" else resolve_dtype(config.dtype)
 
 
 def load_base_model(config: TrainConfig, device_index: int = 0) -> Any:
@@ -49,7 +49,7 @@ def load_base_model(config: TrainConfig, device_index: int = 0) -> Any:
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    compute_dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float16
+    compute_dtype = torch.bfloat16 if resolve_dtype(config.dtype) == "bf16" else torch.float16
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

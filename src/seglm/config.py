@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 ADAPTERS: tuple[str, ...] = ("lora", "qlora", "full")
-DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16", "auto")
 OVERFLOWS: tuple[str, ...] = ("truncate_prompt", "drop")
 FINAL_WEIGHTS: tuple[str, ...] = ("best", "last")
 # report_to name -> the package it needs
@@ -115,7 +115,10 @@ class TrainConfig:
     optim: str = field(default="adamw_torch", metadata=_help("optimiser (transformers name)"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping; 0 disables"))
     seed: int = field(default=42, metadata=_help("seed for init, dropout and data order"))
-    dtype: str = field(default="fp32", metadata=_help("fp32, or bf16/fp16 autocast"))
+    dtype: str = field(
+        default="fp32",
+        metadata=_help("fp32, bf16/fp16 autocast, or auto: bf16 where the hardware has it"),
+    )
     fused_loss: bool | None = field(
         default=None,
         metadata=_help(

@@ -981,7 +981,7 @@ def evaluate(
     each generated chain against its question to predictions.jsonl and metrics.json.
     """
     _check_arguments(scoring, limit, random_subset, batch_size, num_fewshot, max_new_tokens)
-    from seglm.models import parse_dtype
+    from seglm.models import parse_dtype, resolve_dtype
 
     out = Path(out_dir)
     if isinstance(model_ref, LoadedModel):
@@ -994,6 +994,7 @@ def evaluate(
         source, loaded = resolve_model(model_ref, adapter), None
         run_config, model_name, adapter_name = source.run_config, source.name, source.adapter
         parse_dtype(dtype)
+        dtype = resolve_dtype(dtype)
         tokenizer = load_source_tokenizer(source)
     chosen = build_task(task, task_options, chat_template, tokenizer, run_config)
     check_task_fits(chosen, scoring, None if allow_task_mismatch else run_config, tokenizer)

@@ -301,6 +301,9 @@ def training_arguments(config: TrainConfig, has_eval: bool, progress: bool) -> A
     """The Trainer's arguments for this config (creating them sets up distributed state)."""
     from transformers import TrainingArguments
 
+    from seglm.models import resolve_dtype
+
+    dtype = resolve_dtype(config.dtype)
     eval_strategy = "no" if not has_eval else "steps" if config.eval_steps else "epoch"
     keep_best = has_eval and config.final_weights == "best"
     save_strategy, save_steps = _save_schedule(config, eval_strategy, keep_best)
@@ -320,10 +323,10 @@ def training_arguments(config: TrainConfig, has_eval: bool, progress: bool) -> A
         lr_scheduler_type=config.scheduler,
         optim=config.optim,
         max_grad_norm=config.max_grad_norm,
-        bf16=config.dtype == "bf16",
+        bf16=dtype == "bf16",
         # Without it, bf16 autocast is refused and torchrun's processes do not form a group.
         use_cpu=not _has_accelerator(),
-        fp16=config.dtype == "fp16",
+        fp16=dtype == "fp16",
         **_checkpointing_arguments(TrainingArguments, config.gradient_checkpointing),
         eval_strategy=eval_strategy,
         eval_steps=config.eval_steps,
@@ -432,6 +435,7 @@ def _fit(
             if trainer.fused_head_reason
             else {}
         ),
+        "dtype": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "world_size": args.world_size,
         "global_step": state.global_step,
         "resumed_from": resume_from,

@@ -6,8 +6,6 @@ Flags override the grid file's values; without a file they define the grid, e.g.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -59,7 +57,10 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option(help="Evaluate the first N examples.")
         ] = None,
         max_new_tokens: Annotated[int | None, typer.Option(help="Generation length.")] = None,
-        eval_dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16.")] = None,
+        eval_dtype: Annotated[
+            str | None,
+            typer.Option(help="fp32, bf16, fp16 or auto (bf16 where the hardware has it)."),
+        ] = None,
         eval_batch_size: Annotated[int | None, typer.Option(help="Evaluation batch size.")] = None,
         shard: Annotated[
             str, typer.Option(help="i/n: run every n-th cell from the i-th (one process per GPU).")
@@ -70,7 +71,6 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     ) -> None:
         """Fine-tune one model with CE and with each loss, evaluate each run, and summarise."""
-        yield_idle_threads()
         from seglm.experiments import GridError, parse_shard
 
         console = Console(stderr=True)
@@ -161,17 +161,6 @@ def run(grid: Grid, out: Path, shard: tuple[int, int], quiet: bool, console: Con
         highlight=False,
     )
     return result
-
-
-def yield_idle_threads() -> None:
-    """Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise); call it
-    before anything imports torch, which reads the setting once.
-
-    On a busy CPU, spinning threads steal the cores the working ones need. Measured on two
-    shared cores (load ~8), 2 threads: a LoRA step of SmolLM2-135M took 60 s when spinning and
-    7 s when sleeping; greedy generation of 8 answers, 527 s and 10 s."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def print_cells(grid: Grid, out: Path) -> None:

@@ -48,9 +48,7 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     ) -> None:
         """Fine-tune SmolLM2-135M with CE and with CE + each loss on arith; report the change."""
-        from seglm.commands.compare import run, yield_idle_threads
-
-        yield_idle_threads()
+        from seglm.commands.compare import run
         from seglm.commands.report import print_report
         from seglm.experiments import GridError
         from seglm.report import build_report
@@ -101,7 +99,7 @@ def demo_grid(losses: str, seeds: str, train_size: int | None, eval_size: int) -
             split="test",
             limit=eval_size,
             max_new_tokens=DEMO_MAX_NEW_TOKENS,
-            dtype="bf16",
+            dtype="auto",
             batch_size=DEMO_EVAL_BATCH,
         ),
     )

@@ -28,6 +28,7 @@ class Dtype(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    auto = "auto"
 
 
 def register(app: typer.Typer) -> None:

@@ -37,9 +37,6 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Tables with 95% intervals and paired tests against CE, and figures."""
-        from seglm.commands.compare import yield_idle_threads
-
-        yield_idle_threads()
         from seglm.experiments import GridError
         from seglm.report import build_report, score_roscoe
 

@@ -1,0 +1,45 @@
+"""Model loading helpers: the ``auto`` dtype."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seglm import models
+from seglm.models import cpu_has_native_bf16, parse_dtype, resolve_dtype
+
+AVX2_FLAGS = "flags : fpu sse sse2 avx avx2 fma f16c\n"
+BF16_FLAGS = "flags : fpu sse sse2 avx avx2 avx512f avx512bw avx512_bf16 amx_tile\n"
+
+
+def test_named_dtypes_are_kept() -> None:
+    assert [resolve_dtype(name) for name in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    assert parse_dtype("bf16") is torch.bfloat16
+
+
+def test_native_bf16_needs_the_cpu_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    (tmp_path / "avx2").write_text(AVX2_FLAGS)
+    (tmp_path / "bf16").write_text(BF16_FLAGS)
+    assert not cpu_has_native_bf16(tmp_path / "avx2")
+    assert cpu_has_native_bf16(tmp_path / "bf16")
+    assert not cpu_has_native_bf16(tmp_path / "missing")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not cpu_has_native_bf16(tmp_path / "bf16")  # oneDNN would not use it
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_on_cpu_follows_native_bf16(
+    native: bool, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    assert resolve_dtype("auto") == expected
+    assert parse_dtype("AUTO") is models.DTYPES[expected]
+
+
+def test_unknown_dtype_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="fp32, bf16, fp16 or auto"):
+        parse_dtype("int8")
