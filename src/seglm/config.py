@@ -115,6 +115,10 @@ class TrainConfig:
     optim: str = field(default="adamw_torch", metadata=_help("optimiser (transformers name)"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping; 0 disables"))
     seed: int = field(default=42, metadata=_help("seed for init, dropout and data order"))
+    group_by_length: bool = field(
+        default=False,
+        metadata=_help("batch examples of similar length (less padding; random batch order)"),
+    )
     dtype: str = field(
         default="fp32",
         metadata=_help("fp32, bf16/fp16 autocast, or auto: bf16 where the hardware has it"),

@@ -328,6 +328,7 @@ def training_arguments(config: TrainConfig, has_eval: bool, progress: bool) -> A
         use_cpu=not _has_accelerator(),
         fp16=dtype == "fp16",
         **_checkpointing_arguments(TrainingArguments, config.gradient_checkpointing),
+        **_sampling_arguments(TrainingArguments, config.group_by_length),
         eval_strategy=eval_strategy,
         eval_steps=config.eval_steps,
         save_strategy=save_strategy,
@@ -364,6 +365,13 @@ def _checkpointing_arguments(arguments_class: type, enabled: bool) -> dict[str, 
     name = "activation_checkpointing" if renamed else "gradient_checkpointing"
     # Non-reentrant checkpointing needs no input gradients, so frozen embeddings (LoRA) work.
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
+
+
+def _sampling_arguments(arguments_class: type, group_by_length: bool) -> dict[str, Any]:
+    """transformers 5 replaced the group_by_length flag by train_sampling_strategy."""
+    if "train_sampling_strategy" in getattr(arguments_class, "__dataclass_fields__", {}):
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": group_by_length}
 
 
 def _save_schedule(config: TrainConfig, eval_strategy: str, keep_best: bool) -> tuple[str, Any]:
