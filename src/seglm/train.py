@@ -274,7 +274,9 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
                 f"task {config.task!r}, split {split!r}: every one of {len(examples)} examples "
                 f"was dropped by tokenisation at max_length={max_length} (answer too long: "
                 f"{counts['dropped_answer_too_long']}, prompt too long with overflow "
-                f"{config.overflow!r}: {counts['dropped_prompt_too_long']}); raise max_length"
+                f"{config.overflow!r}: {counts['dropped_prompt_too_long']}, prompt template too "
+                f"long to fit by cutting its question: {counts['dropped_prompt_uncuttable']}); "
+                "raise max_length"
             )
         features[name] = tokenized.features
         report[name] = {"split": split, **tokenized.report}
