@@ -3,7 +3,10 @@
 The materialised path is ``objective(F.linear(hidden, weight), labels)``; the fused path is
 ``fused_objective_loss(objective, hidden, weight, labels)``. Both start from the same hidden
 states ``[N/1024, 1024, H]`` and a trained (or, with ``--frozen-head``, frozen) output weight
-``[V, H]`` (float32, or ``--dtype bfloat16``), and run one backward into both. The extra loss
+``[V, H]`` (float32, or ``--dtype bfloat16``), and run one backward into both. With
+``--lora-head R`` the output layer is a frozen weight with a rank-R PEFT LoRA adapter (the
+paper's Llama / StableLM setting): materialised through the PEFT layer's own forward, fused
+through ``seglm.fused_head.FusedLoraHead``. The extra loss
 ``torch_ce`` compares the fused CE with plain ``F.cross_entropy`` on materialised float32
 logits, the usual way of computing it. Each configuration runs in a fresh subprocess;
 its memory is the peak RSS (``ru_maxrss``) minus the RSS once the inputs exist, so it includes
@@ -17,6 +20,7 @@ measured, exceeds the memory available is not run and is reported as "does not f
 
     python benchmarks/fused.py                              # the full table (long on a CPU)
     python benchmarks/fused.py --shapes 2048x49152x576 --losses ce lovasz --append
+    python benchmarks/fused.py --shapes 2048x49152x576 --losses ce lovasz --lora-head 8 --append
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from seglm.fused_head import FusedLoraHead
 from seglm.losses import Objective
 from seglm.losses.fused import default_chunk_size, fused_objective_loss
 
@@ -58,8 +63,29 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def lora_head(weight: torch.Tensor, rank: int, generator: torch.Generator) -> torch.nn.Module:
+    """A PEFT LoRA layer around a frozen ``weight``, its B initialised away from zero."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    holder = torch.nn.Module()
+    holder.head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+    holder.head.weight = torch.nn.Parameter(weight, requires_grad=False)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=["head"])
+    layer = inject_adapter_in_model(config, holder).head
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(0, 0.01, generator=generator)
+    return layer
+
+
 def run_one(
-    path: str, loss: str, n: int, vocab: int, size: int, frozen: bool, dtype: torch.dtype
+    path: str,
+    loss: str,
+    n: int,
+    vocab: int,
+    size: int,
+    frozen: bool,
+    dtype: torch.dtype,
+    lora_rank: int = 0,
 ) -> dict:
     generator = torch.Generator().manual_seed(0)
     batch = max(1, n // SEQUENCE_LENGTH)
@@ -67,12 +93,20 @@ def run_one(
     hidden = torch.randn(batch, length, size, generator=generator, dtype=dtype)
     weight = torch.randn(vocab, size, generator=generator, dtype=dtype).mul_(3 / size**0.5)
     hidden.requires_grad_()
-    weight.requires_grad_(not frozen)
+    weight.requires_grad_(not frozen and not lora_rank)
     labels = zipf_targets(batch * length, vocab, generator).reshape(batch, length)
     objective = Objective.from_spec("ce" if loss == "torch_ce" else loss)
+    layer = lora_head(weight, lora_rank, generator) if lora_rank else None
 
     def forward_backward() -> None:
-        if path == "fused":
+        if layer is not None:
+            if path == "fused":
+                fused = FusedLoraHead(layer, objective)
+                with fused.computing_loss(labels):
+                    loss_value = layer(hidden)
+            else:
+                loss_value = objective(layer(hidden), labels).loss
+        elif path == "fused":
             loss_value = fused_objective_loss(objective, hidden, weight, labels).loss
         elif loss == "torch_ce":
             logits = F.linear(hidden, weight)[:, :-1].float()
@@ -88,9 +122,10 @@ def run_one(
     return {"seconds": wall, "cpu_seconds": cpu, "extra_bytes": max(peak_rss() - baseline, 0)}
 
 
-def measure(path: str, loss: str, shape: str, frozen: bool, dtype: str) -> dict:
+def measure(path: str, loss: str, shape: str, frozen: bool, dtype: str, lora_rank: int) -> dict:
     command = [sys.executable, __file__, "--one", path, loss, shape, "--dtype", dtype]
     command += ["--frozen-head"] if frozen else []
+    command += ["--lora-head", str(lora_rank)] if lora_rank else []
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{' '.join(command[2:])} failed:\n{result.stderr[-3000:]}")
@@ -114,7 +149,10 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def row_key(row: dict) -> tuple:
-    return tuple(row[key] for key in ("n", "v", "h", "loss", "frozen_head", "dtype"))
+    return (
+        *(row[key] for key in ("n", "v", "h", "loss", "frozen_head", "dtype")),
+        row.get("lora_rank", 0),
+    )
 
 
 def cell(value: float | None, digits: int = 2) -> str:
@@ -126,6 +164,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=DEFAULT_SHAPES, help="NxVxH shapes")
     parser.add_argument("--losses", nargs="*", default=LOSSES)
     parser.add_argument("--frozen-head", action="store_true", help="the weight gets no gradient")
+    parser.add_argument(
+        "--lora-head", type=int, default=0, metavar="R", help="a frozen head with rank-R LoRA"
+    )
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument(
         "--margin-gib", type=float, default=3.0, help="memory left free for the rest of the machine"
@@ -142,7 +183,9 @@ def main() -> None:
     if args.one:
         path, loss, shape = args.one
         dtype = getattr(torch, args.dtype)
-        print(json.dumps(run_one(path, loss, *parse_shape(shape), args.frozen_head, dtype)))
+        shape_values = parse_shape(shape)
+        result = run_one(path, loss, *shape_values, args.frozen_head, dtype, args.lora_head)
+        print(json.dumps(result))
         return
 
     out = Path(args.out)
@@ -166,15 +209,18 @@ def main() -> None:
             if needed > available_bytes() - args.margin_gib * GIB:
                 materialised = {"does_not_fit": True, "needs_bytes": needed}
             else:
-                materialised = measure("materialised", loss, shape, args.frozen_head, args.dtype)
+                materialised = measure(
+                    "materialised", loss, shape, args.frozen_head, args.dtype, args.lora_head
+                )
                 buffers.setdefault((loss, vocab, size), materialised["extra_bytes"] / unit)
-            fused = measure("fused", loss, shape, args.frozen_head, args.dtype)
+            fused = measure("fused", loss, shape, args.frozen_head, args.dtype, args.lora_head)
             row = {
                 "n": n,
                 "v": vocab,
                 "h": size,
                 "loss": loss,
                 "frozen_head": args.frozen_head,
+                "lora_rank": args.lora_head,
                 "dtype": args.dtype,
                 "chunk_size": default_chunk_size(vocab),
                 "materialised": materialised,
@@ -215,12 +261,22 @@ def estimate_needs(row: dict, rows: list[dict]) -> dict:
 
 
 def table_order(row: dict) -> tuple:
-    return (row["h"], row["v"], row["n"], row["frozen_head"], LOSSES.index(row["loss"]))
+    return (
+        row["h"],
+        row["v"],
+        row["n"],
+        row["frozen_head"],
+        row.get("lora_rank", 0),
+        LOSSES.index(row["loss"]),
+    )
 
 
 def table_row(row: dict) -> str:
     materialised, fused = row["materialised"], row["fused"]
     memory_ratio = f"{cell(row['memory_ratio'], 1)}x"
+    head = "frozen" if row["frozen_head"] else "trained"
+    if row.get("lora_rank"):
+        head = f"LoRA r{row['lora_rank']}"
     if materialised.get("does_not_fit"):
         mat_time = "does not fit"
         mat_memory = f"needs ~{materialised['needs_bytes'] / GIB:.1f}"
@@ -230,7 +286,7 @@ def table_row(row: dict) -> str:
         mat_memory = f"{materialised['extra_bytes'] / GIB:.2f}"
     return (
         f"| {row['n']} | {row['v']} | {row['h']} | {row['loss']} "
-        f"| {'frozen' if row['frozen_head'] else 'trained'} | {mat_time} "
+        f"| {head} | {mat_time} "
         f"| {fused['seconds']:.2f} ({fused['cpu_seconds']:.1f}) "
         f"| {cell(row['time_ratio'])} ({cell(row['cpu_time_ratio'])}) | {mat_memory} "
         f"| {fused['extra_bytes'] / GIB:.2f} | {memory_ratio} |"

@@ -67,6 +67,57 @@ def test_long_prompt_is_cut_from_the_left_keeping_bos_and_the_answer() -> None:
     assert data.report["truncated"] == 1 and data.report["dropped"] == 0
 
 
+LONG_QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+    "May, and a third as many in June as in May, and she kept twelve for her sister. How many "
+    "clips did Natalia sell altogether in April, May and June?"
+)
+
+
+@pytest.mark.parametrize("prompt_style", ["plain", "chat"])
+def test_a_long_prompt_loses_the_start_of_its_question_not_its_template(
+    tokenizer: Any, prompt_style: str
+) -> None:
+    from seglm.tasks import get_task
+    from seglm.tasks.base import question_prompt
+
+    task = get_task("arith", prompt_style=prompt_style, tokenizer=tokenizer)
+    prompt = task.render_prompt(question_prompt(LONG_QUESTION))
+    long = Example(
+        id="e", prompt=prompt, target="#### 52", reference="#### 52", source=LONG_QUESTION
+    )
+    full = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    answer = len(tokenizer("#### 52", add_special_tokens=False)["input_ids"]) + 1
+    max_length = full + answer - 20
+    data = tokenize_examples([long], tokenizer, max_length)
+    assert data.report["truncated"] == 1 and data.report["dropped"] == 0
+    feature = data.features[0]
+    prompt_ids = feature["input_ids"][: len(feature["input_ids"]) - answer]
+    cut = tokenizer.decode(prompt_ids)
+    head, tail = prompt.split(LONG_QUESTION)
+    # The template (and the chat header) whole, the question's end kept from a word start on.
+    assert cut.startswith(head) and cut.endswith(tail)
+    kept = cut[len(head) : len(cut) - len(tail)]
+    assert LONG_QUESTION.endswith(kept) and len(kept) < len(LONG_QUESTION)
+    assert LONG_QUESTION[len(LONG_QUESTION) - len(kept) - 1] == " "
+    # Tokenised as one text, as generation would tokenise that prompt.
+    assert prompt_ids == tokenizer(cut, add_special_tokens=False)["input_ids"]
+    assert len(feature["input_ids"]) <= max_length
+    assert data.report["truncated_tokens"] == full - len(prompt_ids) >= 20
+
+
+def test_prompts_that_cannot_be_cut_to_fit_are_dropped_and_counted() -> None:
+    # The template alone ("Question: " + "\nAnswer: ") leaves no room; a prompt without its
+    # question text has nothing that may be cut.
+    template = example("Question: abcdefgh\nAnswer: ", "xyz")
+    template = Example(**{**template.__dict__, "source": "abcdefgh"})
+    foreign = example("abcdefghijklmnopqrstuvwxyz", "xyz")
+    foreign = Example(**{**foreign.__dict__, "source": "not in the prompt"})
+    data = tokenize_examples([template, foreign], CharTokenizer(), max_length=20)
+    assert data.report["dropped_prompt_uncuttable"] == 2 and data.report["kept"] == 0
+    assert data.report["dropped"] == 2 and data.report["truncated"] == 0
+
+
 def test_bos_is_not_added_twice_to_a_prompt_that_starts_with_it() -> None:
     data = tokenize_examples([example("<s>ab", "c")], CharTokenizer(), max_length=10)
     assert data.features[0]["input_ids"] == [*map(ord, "<s>ab"), ord("c"), 2]

@@ -138,7 +138,8 @@ def test_compute_loss_func_in_sft_trainer_on_prompt_completion_data(tmp_path: Pa
     # supervised label, so "ce" must match TRL's own completion loss.
     own = sft_run(tmp_path, None)
     ce = sft_run(tmp_path, SegLMLoss("ce"))
-    mixed_loss = SegLMLoss("ce=0.6,lovasz=0.4")
+    # Over two micro-batches per step only a batch-grouped set loss is allowed (see below).
+    mixed_loss = SegLMLoss("ce=0.6,lovasz=0.4", group="batch")
     mixed = sft_run(tmp_path, mixed_loss)
     assert max_difference(own, ce) < 1e-6
     assert max_difference(own, mixed) > 1e-4
@@ -198,3 +199,252 @@ def test_seglm_trainer_evaluation_with_the_fused_head(tmp_path: Path) -> None:
     torch.testing.assert_close(
         torch.as_tensor(with_logits.predictions), torch.as_tensor(expected.predictions)
     )
+
+
+# -- gradient accumulation: batch 2 x GA 1 must train exactly like batch 1 x GA 2 ----------------
+
+GA_SPECS = ["ce", "ce=0.6,focal=0.4", "ce=0.6,lovasz=0.4", "ce=0.6,gdice=0.4"]
+SEQUENCE_SET_SPECS = GA_SPECS[2:]
+
+
+def sft_rows() -> list[dict[str, str]]:
+    # Completions of different lengths: micro-batches hold different numbers of answer tokens.
+    return [
+        {"prompt": f"Question: {a}*{b}=?\nAnswer: ", "completion": f"{a}*{b}={a * b}" + "!" * a}
+        for a in range(1, 5)
+        for b in range(2)
+    ]
+
+
+def split_runs(run: Any, **options: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The weights after 2 SGD steps at batch 2 x GA 1 and at batch 1 x GA 2 (the same
+    examples in each step: the sampler's order does not depend on the batch size)."""
+    whole = run(per_device_train_batch_size=2, gradient_accumulation_steps=1, **options)
+    split = run(per_device_train_batch_size=1, gradient_accumulation_steps=2, **options)
+    return whole, split
+
+
+def run_trainer(
+    tmp_path: Path, spec: str, loss: bool = False, fused_loss: bool | None = None, **overrides: Any
+) -> dict[str, torch.Tensor]:
+    """SegLMTrainer with an answer mask, or (``loss``) the plain Trainer with SegLMLoss."""
+    model = tiny_llama(vocab_size=VOCAB, hidden_size=32, seed=0)
+    rows = token_rows()
+    common = {
+        "model": model,
+        "train_dataset": rows
+        if not loss
+        else [{k: v for k, v in r.items() if k != "answer_mask"} for r in rows],
+        "data_collator": default_data_collator,
+    }
+    args = arguments(tmp_path, max_steps=2, remove_unused_columns=False, **overrides)
+    if loss:
+        trainer: Any = Trainer(args=args, compute_loss_func=SegLMLoss(spec), **common)
+    else:
+        trainer = SegLMTrainer(args=args, objective=spec, fused_loss=fused_loss, **common)
+    trainer.train()
+    return weights(model)
+
+
+def run_sft(
+    tmp_path: Path,
+    spec: str | None,
+    loss: bool = False,
+    fused_loss: bool | None = None,
+    **overrides: Any,
+) -> dict[str, torch.Tensor]:
+    """SegLMSFTTrainer, or (``loss``) TRL's SFTTrainer with SegLMLoss, or (``spec`` None) TRL's
+    own loss, on prompt/completion data."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from seglm.integrations import SegLMSFTTrainer
+
+    tokenizer = char_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, seed=0)
+    settings = arguments(tmp_path, **{"max_steps": 2, **overrides}).to_dict() | {"bf16": False}
+    common = {
+        "model": model,
+        "args": SFTConfig(**settings),
+        "train_dataset": Dataset.from_list(sft_rows()),
+        "processing_class": tokenizer,
+    }
+    if spec is None:
+        trainer: Any = SFTTrainer(**common)
+    elif loss:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            trainer = SFTTrainer(compute_loss_func=SegLMLoss(spec), **common)
+    else:
+        trainer = SegLMSFTTrainer(objective=spec, fused_loss=fused_loss, **common)
+    trainer.train()
+    return weights(model)
+
+
+@pytest.mark.parametrize("fused_loss", [False, True])
+@pytest.mark.parametrize("spec", GA_SPECS)
+def test_seglm_trainer_does_not_depend_on_the_micro_batch_size(
+    tmp_path: Path, spec: str, fused_loss: bool
+) -> None:
+    whole, split = split_runs(lambda **o: run_trainer(tmp_path, spec, fused_loss=fused_loss, **o))
+    assert max_difference(whole, split) < 1e-6
+
+
+@pytest.mark.parametrize("fused_loss", [False, True])
+@pytest.mark.parametrize("spec", GA_SPECS)
+def test_sft_trainer_subclass_does_not_depend_on_the_micro_batch_size(
+    tmp_path: Path, spec: str, fused_loss: bool
+) -> None:
+    whole, split = split_runs(lambda **o: run_sft(tmp_path, spec, fused_loss=fused_loss, **o))
+    assert max_difference(whole, split) < 1e-6
+
+
+def test_sft_trainer_subclass_with_ce_trains_like_trls_own_loss(tmp_path: Path) -> None:
+    own = run_sft(tmp_path, None, gradient_accumulation_steps=2, per_device_train_batch_size=2)
+    ours = run_sft(tmp_path, "ce", gradient_accumulation_steps=2, per_device_train_batch_size=2)
+    mixed = run_sft(
+        tmp_path, "ce=0.6,lovasz=0.4", gradient_accumulation_steps=2, per_device_train_batch_size=2
+    )
+    assert max_difference(own, ours) < 1e-6
+    assert max_difference(own, mixed) > 1e-4
+
+
+@pytest.mark.parametrize("spec", GA_SPECS[:2])
+def test_seglm_loss_token_means_do_not_depend_on_the_micro_batch_size(
+    tmp_path: Path, spec: str
+) -> None:
+    whole, split = split_runs(lambda **o: run_trainer(tmp_path, spec, loss=True, **o))
+    assert max_difference(whole, split) < 1e-6
+    whole, split = split_runs(lambda **o: run_sft(tmp_path, spec, loss=True, **o))
+    assert max_difference(whole, split) < 1e-6
+
+
+@pytest.mark.parametrize("spec", SEQUENCE_SET_SPECS)
+def test_seglm_loss_refuses_a_sequence_mean_it_cannot_weight(tmp_path: Path, spec: str) -> None:
+    # Told only the window's label count, the drop-in cannot weight a mean over the window's
+    # examples: it refuses rather than train 2-3% off.
+    options = {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 2}
+    with pytest.raises(ValueError, match=r"group='sequence'.*SegLMSFTTrainer"):
+        run_trainer(tmp_path, spec, loss=True, **options)
+    with pytest.raises(ValueError, match=r"group='sequence'.*SegLMSFTTrainer"):
+        run_sft(tmp_path, spec, loss=True, **options)
+    # One micro-batch per step is exact, and a batch-grouped loss is what it is.
+    run_trainer(tmp_path, spec, loss=True, gradient_accumulation_steps=1)
+    SegLMLoss(spec, group="batch")(
+        {"logits": torch.zeros(1, 3, 5)}, torch.tensor([[1, 2, 3]]), torch.tensor(7)
+    )
+
+
+def test_logged_components_are_the_windows_exact_means(tmp_path: Path) -> None:
+    # Two examples with 2 and 6 supervised labels, batch 1 x GA 2: the window's CE is the mean
+    # over its 8 labels (the mean of the two micro-batch means differs).
+    rows = [token_rows()[0], token_rows()[4]]
+    assert [int((row["labels"] != -100).sum()) for row in rows] == [2, 6]
+    with torch.no_grad():
+        double = tiny_llama(vocab_size=VOCAB, hidden_size=32, seed=0).double()
+        total = count = 0.0
+        for row in rows:
+            logits = double(input_ids=row["input_ids"][None]).logits[0, :-1]
+            targets = row["labels"][1:]
+            keep = targets != -100
+            total += torch.nn.functional.cross_entropy(
+                logits[keep], targets[keep], reduction="sum"
+            ).item()
+            count += int(keep.sum())
+    expected = total / count
+    for fused_loss in (False, True):
+        trainer = SegLMTrainer(
+            model=tiny_llama(vocab_size=VOCAB, hidden_size=32, seed=0),
+            args=arguments(
+                tmp_path,
+                max_steps=1,
+                per_device_train_batch_size=1,
+                gradient_accumulation_steps=2,
+                remove_unused_columns=False,
+            ),
+            train_dataset=rows,
+            data_collator=default_data_collator,
+            objective="ce",
+            fused_loss=fused_loss,
+        )
+        trainer.train()
+        (logged,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+        assert logged["loss"] == pytest.approx(expected, rel=1e-6)
+        assert logged["loss_ce"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_gradient_accumulation_without_loss_is_scaled_for_ga(tmp_path: Path) -> None:
+    # transformers before 5.19 never reads loss_is_scaled_for_ga: it divides the loss by the
+    # accumulation steps unless the model "accepts loss kwargs", which some architectures
+    # (Gemma 3, Qwen-VL) say they do not. Such a Trainer must still not divide our loss.
+    def run(**options: Any) -> dict[str, torch.Tensor]:
+        model = tiny_llama(vocab_size=VOCAB, hidden_size=32, seed=0)
+        model.accepts_loss_kwargs = False
+        trainer = SegLMTrainer(
+            model=model,
+            args=arguments(tmp_path, max_steps=2, remove_unused_columns=False, **options),
+            train_dataset=token_rows(),
+            data_collator=default_data_collator,
+            objective="ce=0.6,lovasz=0.4",
+        )
+        trainer.loss_is_scaled_for_ga = None  # what a transformers < 5.19 Trainer amounts to
+        trainer.train()
+        return weights(model)
+
+    whole, split = split_runs(run)
+    assert max_difference(whole, split) < 1e-6
+
+
+def test_sft_trainer_subclass_with_a_peft_config_installs_the_fused_head_after_wrapping(
+    tmp_path: Path,
+) -> None:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from seglm.integrations import SegLMSFTTrainer
+
+    def run(fused_loss: bool | None) -> tuple[Any, dict[str, torch.Tensor]]:
+        tokenizer = char_tokenizer()
+        tokenizer.pad_token = tokenizer.eos_token
+        settings = arguments(tmp_path, max_steps=2).to_dict() | {"bf16": False}
+        trainer = SegLMSFTTrainer(
+            model=tiny_llama(vocab_size=len(tokenizer), hidden_size=32, seed=0),
+            args=SFTConfig(**settings),
+            train_dataset=Dataset.from_list(sft_rows()),
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+            objective="ce=0.6,lovasz=0.4",
+            fused_loss=fused_loss,
+        )
+        trainer.train()
+        adapter = {k: v for k, v in weights(trainer.model).items() if "lora_" in k}
+        return trainer, adapter
+
+    fused, fused_adapter = run(None)
+    plain, plain_adapter = run(False)
+    assert fused.fused_head is not None and plain.fused_head is None
+    assert fused_adapter and any(
+        v.abs().sum() > 0 for k, v in fused_adapter.items() if "lora_B" in k
+    )
+    assert max_difference(fused_adapter, plain_adapter) < 1e-6
+
+
+def test_sft_trainer_subclass_refuses_packed_rows_for_a_sequence_mean(tmp_path: Path) -> None:
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from seglm.integrations import SegLMSFTTrainer
+
+    tokenizer = char_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    settings = arguments(tmp_path).to_dict() | {"bf16": False, "packing": True}
+    with pytest.raises(ValueError, match="packing / padding_free put several examples in one row"):
+        SegLMSFTTrainer(
+            model=tiny_llama(vocab_size=len(tokenizer), hidden_size=32, seed=0),
+            args=SFTConfig(**settings),
+            train_dataset=Dataset.from_list(sft_rows()),
+            processing_class=tokenizer,
+            objective="ce=0.6,lovasz=0.4",
+        )

@@ -12,9 +12,14 @@ tokenises the prompt alone, never shows the model. Separately, the split is exac
 - ``answer_mask`` is 1 on the answer tokens, final EOS included (where the segmentation losses
   apply). EOS is labelled from the lengths, never from pad ids, so it is trained when pad = EOS.
 - The answer is never cut. An example whose answer + EOS plus ``min_prompt_tokens`` of prompt
-  exceeds ``max_length`` is dropped. Otherwise an over-long prompt is cut from the left, keeping
-  the tokenizer's leading special tokens (BOS) (``overflow="truncate_prompt"``), or the example
-  is dropped (``overflow="drop"``). The report counts each case.
+  exceeds ``max_length`` is dropped. Otherwise an over-long prompt loses the start of its
+  question (``overflow="truncate_prompt"``), or the example is dropped (``overflow="drop"``).
+  Only the question text (``Example.source``, the example's variable part) is cut, at a word
+  boundary where it has one: the template around it (``Question:``, the choices, ``Answer:``, a
+  chat header) and the tokenizer's BOS stay whole, and the cut prompt is tokenised as one text,
+  as generation would tokenise it. A prompt that cannot fit that way (the template and answer
+  alone are too long, or the prompt does not contain its question) is dropped. The report counts
+  each case and the prompt tokens cut.
 """
 
 from __future__ import annotations
@@ -73,14 +78,29 @@ def tokenize_examples(
     targets = encode_texts(tokenizer, [example.target for example in examples])
     answers = [[*ids, eos] for ids in targets]
 
-    counts = {"answer_too_long": 0, "prompt_too_long": 0, "truncated": 0}
+    counts = {
+        "answer_too_long": 0,
+        "prompt_too_long": 0,
+        "prompt_uncuttable": 0,
+        "truncated": 0,
+        "truncated_tokens": 0,
+    }
     features, indices = [], []
-    for index, ((prompt, kept_prefix), answer) in enumerate(zip(prompts, answers, strict=True)):
-        prompt = fit_prompt(
+    for index, (example, (prompt, kept_prefix), answer) in enumerate(
+        zip(examples, prompts, answers, strict=True)
+    ):
+        fitted = fit_prompt(
             prompt, kept_prefix, len(answer), max_length, overflow, min_prompt_tokens, counts
         )
-        if prompt is not None:
-            features.append(build_features(prompt, answer, ce_scope))
+        if fitted is TRUNCATE:
+            fitted = cut_question(tokenizer, example, max_length - len(answer))
+            if fitted is None:
+                counts["prompt_uncuttable"] += 1
+            else:
+                counts["truncated"] += 1
+                counts["truncated_tokens"] += len(prompt) - len(fitted)
+        if isinstance(fitted, list):
+            features.append(build_features(fitted, answer, ce_scope))
             indices.append(index)
 
     lengths = {
@@ -91,10 +111,14 @@ def tokenize_examples(
     report = {
         "examples": len(examples),
         "kept": len(features),
-        "dropped": counts["answer_too_long"] + counts["prompt_too_long"],
+        "dropped": counts["answer_too_long"]
+        + counts["prompt_too_long"]
+        + counts["prompt_uncuttable"],
         "dropped_answer_too_long": counts["answer_too_long"],
         "dropped_prompt_too_long": counts["prompt_too_long"],
+        "dropped_prompt_uncuttable": counts["prompt_uncuttable"],
         "truncated": counts["truncated"],
+        "truncated_tokens": counts["truncated_tokens"],
         "max_length": max_length,
         "ce_scope": ce_scope,
         "overflow": overflow,
@@ -138,6 +162,9 @@ def leading_special_ids(tokenizer: Any) -> list[int]:
     return []
 
 
+TRUNCATE = "truncate"  # fit_prompt's verdict: the prompt fits only with its question cut
+
+
 def fit_prompt(
     prompt: list[int],
     kept_prefix: int,
@@ -146,8 +173,9 @@ def fit_prompt(
     overflow: str,
     min_prompt_tokens: int,
     counts: dict[str, int],
-) -> list[int] | None:
-    """The prompt that fits beside the whole answer, or None (and a count) when none does."""
+) -> list[int] | str | None:
+    """The prompt when it fits beside the whole answer, ``TRUNCATE`` when it must be cut, or
+    None (and a count) when the example is dropped."""
     minimum = min(len(prompt), max(min_prompt_tokens, kept_prefix + 1))
     if answer_length + minimum > max_length:
         counts["answer_too_long"] += 1
@@ -157,9 +185,42 @@ def fit_prompt(
     if overflow == "drop":
         counts["prompt_too_long"] += 1
         return None
-    counts["truncated"] += 1
-    keep = max_length - answer_length - kept_prefix
-    return prompt[:kept_prefix] + prompt[len(prompt) - keep :]
+    return TRUNCATE
+
+
+def cut_question(tokenizer: Any, example: Example, budget: int) -> list[int] | None:
+    """The ids of the prompt with the fewest leading characters of its question removed that
+    fits in ``budget`` tokens (moved on to the next word start, if there is one, so no word is
+    cut); None when even the question's last character leaves the prompt too long, or the
+    prompt does not contain ``example.source``."""
+    start = example.prompt.find(example.source) if example.source else -1
+    if start < 0:
+        return None
+    head, question = example.prompt[:start], example.source
+    tail = example.prompt[start + len(question) :]
+
+    def encoded(cut: int) -> list[int]:
+        ids, _ = encode_prompts(tokenizer, [head + question[cut:] + tail])[0]
+        return ids
+
+    # Binary search for the smallest cut that fits (fewer characters never need more tokens).
+    low, high = 0, len(question) - 1
+    if len(encoded(high)) > budget:
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if len(encoded(middle)) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    word_start = next(
+        (i for i in range(low, len(question)) if i > 0 and question[i - 1].isspace()
+         and not question[i].isspace()),
+        None,
+    )  # fmt: skip
+    if word_start is not None and len(ids := encoded(word_start)) <= budget:
+        return ids
+    return encoded(low)
 
 
 def build_features(prompt: list[int], answer: list[int], ce_scope: str) -> dict[str, list[int]]:

@@ -46,7 +46,7 @@ from seglm.metrics import (
     count_scored,
     score_prediction,
 )
-from seglm.metrics.exact_match import reference_answer
+from seglm.metrics.exact_match import check_answer_match, reference_answer
 from seglm.tasks import Example, Task, get_task
 from seglm.tasks.base import LETTERS
 from seglm.train import REPORT_FILE as TRAIN_REPORT
@@ -619,10 +619,14 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-def example_metrics(answer_format: str, scoring: str, record: dict[str, Any]) -> dict[str, Any]:
+def example_metrics(
+    answer_format: str, scoring: str, record: dict[str, Any], answer_match: str = "seglm"
+) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if scoring != "loglik":
-        metrics.update(score_prediction(answer_format, record["prediction"], record["reference"]))
+        metrics.update(
+            score_prediction(answer_format, record["prediction"], record["reference"], answer_match)
+        )
     if scoring != "generate":
         metrics.update(loglik_metrics(record["loglik"]))
     return metrics
@@ -967,6 +971,7 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     roscoe: Any = None,
+    answer_match: str = "seglm",
 ) -> EvalResult:
     """Evaluate a model on ``split`` of ``task`` and write predictions and metrics to ``out_dir``.
 
@@ -979,6 +984,8 @@ def evaluate(
     is loaded; a rerun into ``out_dir`` resumes (or raises if the settings differ, unless
     ``overwrite``). ``roscoe`` (a ``seglm.metrics.roscoe.RoscoeConfig``) adds ROSCOE scores of
     each generated chain against its question to predictions.jsonl and metrics.json.
+    ``answer_match`` ("seglm" or "lm-eval", gsm8k format only) is how exact match reads answers;
+    it only scores, so a rerun with another one rescores the predictions already made.
     """
     _check_arguments(scoring, limit, random_subset, batch_size, num_fewshot, max_new_tokens)
     from seglm.models import parse_dtype, resolve_dtype
@@ -998,6 +1005,11 @@ def evaluate(
         tokenizer = load_source_tokenizer(source)
     chosen = build_task(task, task_options, chat_template, tokenizer, run_config)
     check_task_fits(chosen, scoring, None if allow_task_mismatch else run_config, tokenizer)
+    if scoring != "loglik":
+        try:
+            check_answer_match(answer_match, chosen.answer_format)
+        except ValueError as error:
+            raise EvalError(str(error)) from None
     examples = select_examples(chosen, split, data_dir, limit, random_subset, seed)
     if scoring != "loglik":
         check_references(chosen.answer_format, examples)
@@ -1039,7 +1051,15 @@ def evaluate(
     selection = {"limit": limit, "random_subset": random_subset}
     resumed = len(examples) - len(pending)
     return finish(
-        out, settings, selection, examples, chosen.answer_format, throughput, resumed, roscoe
+        out,
+        settings,
+        selection,
+        examples,
+        chosen.answer_format,
+        throughput,
+        resumed,
+        roscoe,
+        answer_match,
     )
 
 
@@ -1095,6 +1115,7 @@ def finish(
     throughput: Throughput,
     resumed: int,
     roscoe: Any = None,
+    answer_match: str = "seglm",
 ) -> EvalResult:
     """Recompute every example's metrics from the predictions file, rewrite it in dataset order
     and write metrics.json."""
@@ -1105,7 +1126,7 @@ def finish(
         raise EvalError(f"{path} lacks {len(missing)} predictions (first: {missing[0]})")
     chosen = [records.pop(example.id) for example in examples]
     for record in chosen:
-        record["metrics"] = example_metrics(answer_format, settings.scoring, record)
+        record["metrics"] = example_metrics(answer_format, settings.scoring, record, answer_match)
     roscoe_notes = None
     if roscoe is not None and settings.scoring != "loglik":
         roscoe_notes = add_roscoe(chosen, examples, roscoe)
@@ -1128,6 +1149,7 @@ def finish(
         "counts": counts,
     }
     if settings.scoring != "loglik":
+        summary["answer_match"] = answer_match
         summary["finish"] = dict(Counter(record.get("finish", "unknown") for record in chosen))
     summary["unscored_predictions"] = len(records)
     summary["throughput"] = throughput.to_dict()

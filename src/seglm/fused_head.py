@@ -7,6 +7,10 @@ its forward receives the final hidden states and returns the objective's loss th
 ``fused_objective_loss``: no B x T x V logits, at most a chunk of them. Otherwise it is the
 plain linear layer, so generation and evaluation see ordinary logits.
 
+A PEFT LoRA output layer (the paper's Llama / StableLM setting puts LoRA on ``lm_head``) stays
+in place and gets a fused forward instead (:class:`FusedLoraHead`). Only the architectures in
+``FUSED_HEAD_MODEL_TYPES`` are fused: the tests compare each with its own materialised logits.
+
 Because the head's weight is used inside the head module's own forward, parameter-gathering
 wrappers (FSDP, DeepSpeed ZeRO-3 gather a module's parameters around its forward) and hooks on
 the model's outputs (DDP, FSDP) see the usual pattern: the model's forward returns the loss in
@@ -15,19 +19,37 @@ place of the logits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglm.losses import ItemCounts, Objective, ObjectiveOutput
 from seglm.losses.fused import fused_objective_loss
 
-# Config attributes of architectures that transform the logits after the output layer (Gemma 2/3
-# soft-capping, Cohere's and Granite's scaling): a fused loss from hidden states would skip it.
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+# The architectures (``config.model_type``) whose logits are exactly the output layer applied
+# to the final hidden states, each checked in the tests against the materialised logits of the
+# model's own forward (tests/train/test_fused_head.py). Elsewhere the logits are materialised:
+# an architecture may transform them after the head (Gemma 2/3 soft-capping, Cohere's and
+# Granite's scaling), and a fused loss from hidden states would silently skip that.
+FUSED_HEAD_MODEL_TYPES = frozenset(
+    {
+        "falcon",
+        "gemma",
+        "gpt_neox",
+        "llama",
+        "mistral",
+        "olmo2",
+        "phi3",
+        "qwen2",
+        "qwen3",
+        "stablelm",
+    }
+)
 
 
 def _causal_lm(model: Any) -> Any:
@@ -39,34 +61,57 @@ def _causal_lm(model: Any) -> Any:
 def fused_head_blocker(model: Any) -> str | None:
     """Why the fused head cannot stand in for this model's output layer, or None if it can."""
     owner = _causal_lm(model)
+    model_type = getattr(getattr(owner, "config", None), "model_type", None)
+    if model_type not in FUSED_HEAD_MODEL_TYPES:
+        return (
+            f"model type {model_type!r} is not one the fused loss is tested on "
+            f"({', '.join(sorted(FUSED_HEAD_MODEL_TYPES))}): it could change the logits after "
+            "the output layer"
+        )
     get_head = getattr(owner, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     if head is None:
         return f"{type(owner).__name__} has no output layer (get_output_embeddings() is None)"
-    if type(head) is not nn.Linear and not isinstance(head, FusedObjectiveHead):
-        return (
-            f"the output layer is a {type(head).__name__}, not a plain torch.nn.Linear "
-            "(an adapter on the head, e.g. LoRA with lm_head in target_modules?)"
-        )
-    config = getattr(owner, "config", None)
-    for name in LOGIT_TRANSFORMS:
-        value = getattr(config, name, None)
-        if value is not None and value != 1:
-            return f"the model transforms its logits after the output layer ({name}={value})"
+    if type(head) is nn.Linear or isinstance(head, FusedObjectiveHead):
+        return None
+    if _is_lora_linear(head):
+        return _lora_blocker(head)
+    return (
+        f"the output layer is a {type(head).__name__}, not a plain torch.nn.Linear or a PEFT "
+        "LoRA linear layer"
+    )
+
+
+def _is_lora_linear(module: nn.Module) -> bool:
+    from peft.tuners.lora import Linear as LoraLinear
+
+    return type(module) is LoraLinear
+
+
+def _lora_blocker(layer: Any) -> str | None:
+    """What the fused LoRA head does not compute: variants (DoRA, ...), LoRA biases,
+    Conv1D-style weights, a base layer that is not a plain Linear."""
+    if type(layer.base_layer) is not nn.Linear:
+        return f"the LoRA output layer wraps a {type(layer.base_layer).__name__}, not a Linear"
+    if layer.fan_in_fan_out:
+        return "the LoRA output layer has fan_in_fan_out (a Conv1D-style weight)"
+    for name in layer.active_adapters:
+        if name in layer.lora_variant:
+            variant = type(layer.lora_variant[name]).__name__
+            return f"LoRA adapter {name!r} on the output layer is a variant ({variant})"
+        if name in layer.lora_B and layer.lora_B[name].bias is not None:
+            return f"LoRA adapter {name!r} on the output layer has a bias (lora_bias)"
     return None
 
 
-class FusedObjectiveHead(nn.Module):
-    """An ``nn.Linear`` output layer that returns the objective's loss while supervising."""
+class FusedHead:
+    """The loss side of a fused output layer: while the trainer supervises a batch
+    (``computing_loss``), the layer's forward returns the objective's loss of that batch."""
 
-    def __init__(
-        self, head: nn.Linear, objective: Objective, chunk_size: int | None = None
-    ) -> None:
-        super().__init__()
-        self.in_features = head.in_features
-        self.out_features = head.out_features
-        self.weight = head.weight
-        self.register_parameter("bias", head.bias)
+    objective: Objective
+    chunk_size: int | None
+
+    def _start(self, objective: Objective, chunk_size: int | None) -> None:
         self.objective = objective
         self.chunk_size = chunk_size
         self._batch: tuple[Tensor, Tensor | None, Any] | None = None
@@ -86,9 +131,8 @@ class FusedObjectiveHead(nn.Module):
         finally:
             self._batch = None
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        if self._batch is None:
-            return F.linear(hidden, self.weight, self.bias)
+    def _loss(self, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        assert self._batch is not None
         labels, answer_mask, num_items = self._batch
         if tuple(hidden.shape[:2]) != tuple(labels.shape):
             raise ValueError(
@@ -96,14 +140,7 @@ class FusedObjectiveHead(nn.Module):
                 f"{tuple(labels.shape)}: the model must keep every position (no logits_to_keep)"
             )
         self._output = fused_objective_loss(
-            self.objective,
-            hidden,
-            self.weight,
-            labels,
-            answer_mask,
-            num_items,
-            self.bias,
-            self.chunk_size,
+            self.objective, hidden, weight, labels, answer_mask, num_items, bias, self.chunk_size
         )
         return self._output.loss
 
@@ -115,6 +152,25 @@ class FusedObjectiveHead(nn.Module):
             )
         output, self._output = self._output, None
         return output
+
+
+class FusedObjectiveHead(FusedHead, nn.Module):
+    """An ``nn.Linear`` output layer that returns the objective's loss while supervising."""
+
+    def __init__(
+        self, head: nn.Linear, objective: Objective, chunk_size: int | None = None
+    ) -> None:
+        nn.Module.__init__(self)
+        self.in_features = head.in_features
+        self.out_features = head.out_features
+        self.weight = head.weight
+        self.register_parameter("bias", head.bias)
+        self._start(objective, chunk_size)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        if self._batch is None:
+            return F.linear(hidden, self.weight, self.bias)
+        return self._loss(hidden, self.weight, self.bias)
 
     def as_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the same parameters (no copy)."""
@@ -132,25 +188,81 @@ class FusedObjectiveHead(nn.Module):
         )
 
 
+class FusedLoraHead(FusedHead):
+    """A PEFT LoRA output layer that returns the objective's loss while supervising.
+
+    The LoRA logits ``x W^T + b + s * (dropout(x) A^T) B^T`` are one product of the widened
+    hidden states ``[x, s * dropout(x) A^T]`` with the widened weight ``[W, B]``, which
+    ``fused_objective_loss`` takes as it takes a plain head: gradients reach x, A and B by
+    autograd, none is kept for the frozen W. The layer stays the same PEFT module (its
+    parameters, names, saving and loading); only its forward is replaced, while installed.
+    """
+
+    def __init__(self, layer: Any, objective: Objective, chunk_size: int | None = None) -> None:
+        self.layer = layer
+        self._start(objective, chunk_size)
+        layer.forward = self.forward
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        layer = self.layer
+        if self._batch is None:
+            return type(layer).forward(layer, x, *args, **kwargs)
+        base = layer.base_layer
+        hidden, weight = [x], [base.weight]
+        if not (layer.disable_adapters or layer.merged):
+            for name in layer.active_adapters:
+                if name not in layer.lora_A:
+                    continue
+                lora_a = layer.lora_A[name]
+                down = lora_a(layer.lora_dropout[name](x.to(lora_a.weight.dtype)))
+                hidden.append(down * layer.scaling[name])
+                weight.append(layer.lora_B[name].weight)
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (*hidden, *weight)))
+        return self._loss(
+            torch.cat([t.to(dtype) for t in hidden], dim=-1),
+            torch.cat([t.to(dtype) for t in weight], dim=-1),
+            base.bias,
+        )
+
+    def remove(self) -> None:
+        """Give the layer its own forward back."""
+        if self.layer.__dict__.get("forward") == self.forward:
+            del self.layer.forward
+
+
 def install_fused_head(
     model: Any, objective: Objective, chunk_size: int | None = None
-) -> FusedObjectiveHead:
-    """Replace the model's output layer by a fused head; raise ValueError naming why not."""
+) -> FusedHead:
+    """Make the model's output layer a fused head; raise ValueError naming why it cannot be."""
     if reason := fused_head_blocker(model):
         raise ValueError(f"the fused loss cannot be used: {reason}")
     owner = _causal_lm(model)
     head = owner.get_output_embeddings()
-    if isinstance(head, FusedObjectiveHead):
-        head.objective, head.chunk_size = objective, chunk_size
-        return head
+    installed = _installed_head(head)
+    if installed is not None:
+        installed.objective, installed.chunk_size = objective, chunk_size
+        return installed
+    if _is_lora_linear(head):
+        return FusedLoraHead(head, objective, chunk_size)
     fused = FusedObjectiveHead(head, objective, chunk_size)
     owner.set_output_embeddings(fused)
     return fused
 
 
+def _installed_head(head: Any) -> FusedHead | None:
+    if isinstance(head, FusedObjectiveHead):
+        return head
+    forward = getattr(head, "__dict__", {}).get("forward")
+    owner = getattr(forward, "__self__", None)
+    return owner if isinstance(owner, FusedLoraHead) else None
+
+
 def remove_fused_head(model: Any) -> None:
-    """Put a plain ``nn.Linear`` (same parameters) back, e.g. before saving the model."""
+    """Put the plain output layer (same parameters) back, e.g. before saving the model."""
     owner = _causal_lm(model)
     head = owner.get_output_embeddings()
-    if isinstance(head, FusedObjectiveHead):
-        owner.set_output_embeddings(head.as_linear())
+    installed = _installed_head(head)
+    if isinstance(installed, FusedObjectiveHead):
+        owner.set_output_embeddings(installed.as_linear())
+    elif isinstance(installed, FusedLoraHead):
+        installed.remove()

@@ -13,7 +13,8 @@ is loaded. The run folder holds:
   ``trainer_state.json``;
 - ``log.jsonl``: one JSON object per log event (step, epoch, loss and each ``loss_<component>``,
   learning rate, gradient norm, validation loss);
-- ``train_report.json``: what tokenisation kept, dropped and truncated, wall time, steps per
+- ``train_report.json``: what tokenisation kept, dropped and truncated, what chose the weights
+  at the root (``checkpoint_selection``; never a task's test split), wall time, steps per
   second, peak memory, trainable parameters.
 
 This module imports nothing heavy at import time, so experiments can import it cheaply.
@@ -255,6 +256,7 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
     except ValueError as error:
         raise ConfigError(f"task_options: {error}") from None
     eval_split = _eval_split(config, task.splits)
+    check_selection_split(config, task, eval_split)
     max_length = config.max_length or task.default_max_length
     report: dict[str, Any] = {"max_length": max_length}
     features: dict[str, list[dict[str, Any]]] = {}
@@ -274,11 +276,49 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
                 f"task {config.task!r}, split {split!r}: every one of {len(examples)} examples "
                 f"was dropped by tokenisation at max_length={max_length} (answer too long: "
                 f"{counts['dropped_answer_too_long']}, prompt too long with overflow "
-                f"{config.overflow!r}: {counts['dropped_prompt_too_long']}); raise max_length"
+                f"{config.overflow!r}: {counts['dropped_prompt_too_long']}, prompt template too "
+                f"long to fit by cutting its question: {counts['dropped_prompt_uncuttable']}); "
+                "raise max_length"
             )
         features[name] = tokenized.features
-        report[name] = {"split": split, **tokenized.report}
+        report[name] = {"split": split, "holds": task.describe_split(split), **tokenized.report}
     return PreparedData(features["train"], features.get("eval"), report)
+
+
+def check_selection_split(config: TrainConfig, task: Any, eval_split: str | None) -> None:
+    """Never choose the final weights on the data reported as test (SPEC 7.7)."""
+    if eval_split is None or config.final_weights != "best" or "test" not in task.splits:
+        return
+    try:
+        selects_on_test = task.resolve_split(eval_split) == task.resolve_split("test")
+    except ValueError:
+        return  # an unknown split fails with its own message when it is loaded
+    if selects_on_test:
+        raise ConfigError(
+            f"eval_split {eval_split!r} is task {config.task!r}'s test data: keeping the best "
+            "checkpoint on it would select on the test set; use a validation split, or "
+            "final_weights: last to only watch the test loss"
+        )
+
+
+def checkpoint_selection(config: TrainConfig, data: PreparedData, weights: str) -> dict[str, Any]:
+    """What chose the weights at the run root (train_report.json)."""
+    evaluated = data.report.get("eval")
+    if weights != "best" or evaluated is None:
+        if evaluated is None:
+            reason = "no evaluation split"
+        elif config.final_weights == "best":
+            reason = "no checkpoint was evaluated"
+        else:
+            reason = "final_weights: last"
+        return {"final_weights": weights, "by": f"the last step ({reason})"}
+    return {
+        "final_weights": "best",
+        "by": "lowest eval_loss",
+        "split": evaluated["split"],
+        "holds": evaluated["holds"],
+        "examples": evaluated["kept"],
+    }
 
 
 def _eval_split(config: TrainConfig, splits: Sequence[str]) -> str | None:
@@ -448,6 +488,7 @@ def _fit(
         "global_step": state.global_step,
         "resumed_from": resume_from,
         "final_weights": weights,
+        "checkpoint_selection": checkpoint_selection(config, data, weights),
         "best_checkpoint": state.best_model_checkpoint,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "train_runtime_s": output.metrics.get("train_runtime"),

@@ -1,9 +1,11 @@
-"""A transformers Trainer that optimises a seglm Objective.
+"""A transformers Trainer that optimises a seglm Objective (and the mixin that makes one of any
+Trainer subclass, e.g. TRL's SFTTrainer: ``seglm.integrations.SegLMSFTTrainer``).
 
 It computes the objective from the model's logits, the unshifted labels and the batch's
 ``answer_mask``, counts label *and* answer tokens over each gradient-accumulation window (and
 across devices when the Trainer averages tokens across devices) so every token-mean term is exact,
-logs each component, and stops on a non-finite loss naming the step and the component.
+logs each component as the exact mean over the logging interval's windows, and stops on a
+non-finite loss naming the step and the component.
 With ``fused_loss`` the model's output layer computes the objective from the final hidden
 states in chunks (``seglm.fused_head``), so no B x T x V logits exist.
 """
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from seglm.fused_head import FusedObjectiveHead, fused_head_blocker, install_fused_head
+from seglm.fused_head import FusedHead, fused_head_blocker, install_fused_head
 from seglm.losses import ItemCounts, Objective
 
 
@@ -40,8 +42,9 @@ def count_items(batches: list[dict[str, Any]], ignore_index: int = -100) -> Item
     return ItemCounts(labels=labels, answer=answer, sequences=sequences)
 
 
-class SegLMTrainer(Trainer):
-    """``Trainer(..., objective=Objective.from_spec("ce=0.6,lovasz=0.4"))``.
+class SegLMTrainerMixin:
+    """Put before a ``transformers.Trainer`` subclass: ``class T(SegLMTrainerMixin, Trainer)``;
+    the trainer then takes ``objective=`` (an Objective or a spec such as "ce=0.6,lovasz=0.4").
 
     Batches carry ``labels`` (unshifted, -100 where no loss applies) and optionally
     ``answer_mask``; without it the answer is every supervised label.
@@ -50,6 +53,11 @@ class SegLMTrainer(Trainer):
     materialising logits (ValueError if the model does not allow it); None does so when the
     model allows it (``fused_head_reason`` says why not); False always materialises logits.
     """
+
+    # Our loss is normalised by the window's counts: the Trainer must not divide it by the number
+    # of accumulation steps. transformers >= 5.19 reads this; older releases (and TRL's base
+    # trainer before 5.19) decide from ``model_accepts_loss_kwargs``, set in __init__.
+    loss_is_scaled_for_ga = True
 
     def __init__(
         self,
@@ -63,18 +71,30 @@ class SegLMTrainer(Trainer):
         if training_args is not None and training_args.label_names is None:
             training_args.label_names = ["labels", "answer_mask"]
         self.objective = Objective.from_spec(objective) if isinstance(objective, str) else objective
+        self.fused_head: FusedHead | None = None
         model = kwargs.get("model") or (args[0] if args else None)
-        self.fused_head_reason = fused_head_blocker(model) if fused_loss is not False else None
-        self.fused_head: FusedObjectiveHead | None = None
-        if fused_loss or (fused_loss is None and self.fused_head_reason is None):
-            # Before Trainer.__init__, so wrappers (DDP, FSDP, DeepSpeed) see the fused head.
-            self.fused_head = install_fused_head(model, self.objective)
+        # A model built or wrapped by the trainer itself (TRL: a hub id, a peft_config) gets its
+        # fused head afterwards; otherwise before Trainer.__init__, so that wrappers (DDP, FSDP,
+        # DeepSpeed) see it.
+        built_later = not isinstance(model, torch.nn.Module) or kwargs.get("peft_config")
+        if not built_later:
+            self._setup_fused_head(model, fused_loss)
         super().__init__(*args, **kwargs)
-        # Our loss is normalised by the window's token counts: the Trainer must not divide by GA.
-        self.loss_is_scaled_for_ga = True
-        # Sums stay on the device: no host copy per micro-batch.
+        if built_later:
+            self._setup_fused_head(self.model, fused_loss)
+        # transformers < 5.19 divides the loss by the accumulation steps unless the model
+        # "accepts loss kwargs"; our compute_loss passes none to the model, so this only says
+        # that the loss is already normalised over the window.
+        self.model_accepts_loss_kwargs = True
+        # Share-weighted sums stay on the device: no host copy per micro-batch.
         self._component_sums: dict[str, Any] = defaultdict(float)
-        self._component_steps = 0
+        self._windows = 0
+        self._window: Any = None
+
+    def _setup_fused_head(self, model: Any, fused_loss: bool | None) -> None:
+        self.fused_head_reason = fused_head_blocker(model) if fused_loss is not False else None
+        if fused_loss or (fused_loss is None and self.fused_head_reason is None):
+            self.fused_head = install_fused_head(model, self.objective)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> ItemCounts | None:
         """The counts every term normalises by: of a training window, or of an evaluation
@@ -122,9 +142,7 @@ class SegLMTrainer(Trainer):
                 + "; stopping before the optimiser step (the last checkpoint is intact)"
             )
         if model.training:
-            for name, value in result.components.items():
-                self._component_sums[name] = self._component_sums[name] + value.float()
-            self._component_steps += 1
+            self._add_components(result.components, labels, answer_mask, num_items_in_batch)
         if (
             num_items_in_batch is not None
             and self.args.average_tokens_across_devices
@@ -135,14 +153,49 @@ class SegLMTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
+    def _add_components(
+        self,
+        components: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        answer_mask: torch.Tensor | None,
+        num_items_in_batch: Any,
+    ) -> None:
+        """Add each component weighted by this micro-batch's share of its window, as the loss
+        is: summed over a window's micro-batches, that is the window's exact mean (a token
+        mean for CE, focal and SADL, a mean over examples for sequence-grouped set losses)."""
+        # The Trainer passes one counts object per accumulation window.
+        if num_items_in_batch is None or num_items_in_batch is not self._window:
+            self._window = num_items_in_batch
+            self._windows += 1
+        local = count_items([{"labels": labels, "answer_mask": answer_mask}])
+        assert local is not None
+        local_counts = {
+            "labels": local.labels,
+            "answer": local.answer,
+            "sequences": local.sequences,
+        }
+        for name, value in components.items():
+            share = self.objective.term_share(name, num_items_in_batch, local_counts)
+            self._component_sums[name] = self._component_sums[name] + value.float() * share
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self._component_steps and "loss" in logs:
+        if self._windows and "loss" in logs:
             names = sorted(self._component_sums)
-            means = torch.stack([self._component_sums[n] for n in names]) / self._component_steps
-            means = self.accelerator.reduce(means.to(self.args.device), reduction="mean")
+            means = torch.stack([self._component_sums[n] for n in names]) / self._windows
+            # Shares of counts summed over processes add up across them; local shares average.
+            summed = self.args.average_tokens_across_devices and self.args.world_size > 1
+            means = self.accelerator.reduce(
+                means.to(self.args.device), reduction="sum" if summed else "mean"
+            )
             logs.update(
                 {f"loss_{n}": round(float(v), 6) for n, v in zip(names, means, strict=True)}
             )
             self._component_sums.clear()
-            self._component_steps = 0
+            self._windows = 0
+            self._window = None
         super().log(logs, *args, **kwargs)
+
+
+class SegLMTrainer(SegLMTrainerMixin, Trainer):
+    """``Trainer(..., objective=Objective.from_spec("ce=0.6,lovasz=0.4"))``; see
+    :class:`SegLMTrainerMixin`."""

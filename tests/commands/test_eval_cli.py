@@ -68,6 +68,28 @@ def test_eval_writes_predictions_and_prints_metrics(tiny_dir: Path, tmp_path: Pa
     assert re.search(r"exact_match[ │]+0\.0000[ │]+4 ", table.stdout)
 
 
+def test_answer_match_rescores_the_predictions_already_made(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    assert runner.invoke(app, eval_args(tiny_dir, out, "--limit", "3", "-q")).exit_code == 0
+    path = out / "predictions.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:  # "$" before the answer: seglm reads it, lm-eval's strict filter not
+        record["prediction"] = "#### $" + record["reference"].rsplit("#### ", 1)[1]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    seglm = runner.invoke(app, eval_args(tiny_dir, out, "--limit", "3", "--json"))
+    lm_eval = runner.invoke(
+        app, eval_args(tiny_dir, out, "--limit", "3", "--json", "--answer-match", "lm-eval")
+    )
+    assert seglm.exit_code == 0 and lm_eval.exit_code == 0, lm_eval.output
+    seglm_summary, lm_eval_summary = json.loads(seglm.stdout), json.loads(lm_eval.stdout)
+    assert seglm_summary["answer_match"] == "seglm"
+    assert seglm_summary["metrics"]["exact_match"] == 1.0
+    assert lm_eval_summary["answer_match"] == "lm-eval"
+    assert lm_eval_summary["metrics"]["exact_match"] == 0.0
+    assert lm_eval_summary["metrics"]["exact_match_flexible"] == 1.0
+    assert "resumed: 3" not in lm_eval.stdout  # nothing generated again: --json output only
+
+
 def test_broken_predictions_file_names_the_line(tiny_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     assert runner.invoke(app, eval_args(tiny_dir, out, "--limit", "2", "-q")).exit_code == 0

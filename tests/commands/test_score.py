@@ -86,6 +86,30 @@ def test_choice_format(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["metrics"] == {"exact_match": 0.5}
 
 
+def test_lm_eval_answer_match(tmp_path: Path) -> None:
+    records = [
+        {"prediction": "#### - 10", "reference": "So -10.\n#### -10"},  # seglm: -10
+        {"prediction": "#### 1,8", "reference": "So 18.\n#### 18"},  # lm-eval: "18"
+        {"prediction": "<<9*8=72>> #### $72", "reference": "So <<9*8=72>>72.\n#### 72"},
+    ]
+    path = _write_jsonl(tmp_path / "p.jsonl", records)
+    command = ["score", "gsm8k", str(path), "--format", "gsm8k", "--json"]
+    seglm = json.loads(runner.invoke(app, command).stdout)
+    lm_eval = json.loads(runner.invoke(app, [*command, "--answer-match", "lm-eval"]).stdout)
+    assert (seglm["answer_match"], lm_eval["answer_match"]) == ("seglm", "lm-eval")
+    assert seglm["metrics"]["exact_match"] == pytest.approx(2 / 3)
+    assert seglm["metrics"]["exact_match_flexible"] == pytest.approx(2 / 3)
+    assert lm_eval["metrics"]["exact_match"] == pytest.approx(1 / 3)
+    assert lm_eval["metrics"]["exact_match_flexible"] == pytest.approx(2 / 3)
+    assert lm_eval["metrics"]["iou"] == seglm["metrics"]["iou"]  # step metrics are seglm's
+    choice = _write_jsonl(tmp_path / "c.jsonl", [{"prediction": "A", "reference": "A"}])
+    refused = runner.invoke(
+        app, ["score", "obqa", str(choice), "--format", "choice", "--answer-match", "lm-eval"]
+    )
+    assert refused.exit_code != 0
+    assert "for the gsm8k answer format only" in _plain(refused.output)
+
+
 def test_broken_line_is_named(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(GSM8K_LINES[0]) + "\n{not json\n", encoding="utf-8")

@@ -90,6 +90,41 @@ def test_best_checkpoint_by_validation_loss_ends_at_the_root(tiny_config: dict[s
     assert all(torch.equal(final[k], v) for k, v in best.items())
 
 
+def test_hellaswag_never_selects_checkpoints_on_its_test_data(
+    tiny_config: dict[str, Any], tmp_path: Path
+) -> None:
+    # HellaSwag's test is the official validation set; the paper selected on it too (SPEC 7.7).
+    data = tmp_path / "data" / "hellaswag"
+    data.mkdir(parents=True)
+    record = {"activity_label": "Roofing", "endings": ["a.", "b.", "c.", "d."]}
+    lines = [{**record, "ind": i, "ctx": f"Roof {i}: he", "label": i % 4} for i in range(80)]
+    (data / "hellaswag_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (data / "hellaswag_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[:8]))
+    config = {
+        **tiny_config,
+        "task": "hellaswag",
+        "task_options": {},
+        "data_dir": str(tmp_path / "data"),
+        "eval_split": "auto",
+        "eval_steps": 2,
+        "save_steps": None,
+    }
+    result = run(config)
+    selection = result.report["checkpoint_selection"]
+    assert selection["final_weights"] == "best" and selection["split"] == "validation"
+    assert "held out" in selection["holds"] and "not the test data" in selection["holds"]
+    assert selection["examples"] == 2  # 2.5% of the 80 train examples
+    report = json.loads((result.run_dir / "train_report.json").read_text())
+    assert report["checkpoint_selection"] == selection
+    with pytest.raises(ConfigError, match=r"'test' is task 'hellaswag'.s test data"):
+        run(config, eval_split="test", output_dir=str(tmp_path / "on-test"))
+    last = run(config, eval_split="test", final_weights="last", output_dir=str(tmp_path / "last"))
+    assert last.report["checkpoint_selection"] == {
+        "final_weights": "last",
+        "by": "the last step (final_weights: last)",
+    }
+
+
 class Interrupt(Exception):
     pass
 

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 import typer
+
+
+class AnswerMatch(str, Enum):
+    """How exact match reads answers (``seglm.metrics.exact_match.ANSWER_MATCHES``)."""
+
+    seglm = "seglm"
+    lm_eval = "lm-eval"
+
+
+ANSWER_MATCH_HELP = (
+    "seglm (numeric comparison) or lm-eval (lm-evaluation-harness's gsm8k filters and "
+    "exact_match settings, for the gsm8k format; docs/metrics.md lists the differences)."
+)
 
 
 def roscoe_config(families: str | None) -> Any:

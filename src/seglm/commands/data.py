@@ -129,7 +129,8 @@ def print_stats(stats: dict[str, Any]) -> None:
     title, caption = f"{stats['task']} / {stats['split']}", f"source: {stats['source']}"
     counts = Table("count", "value", title=title, caption=caption)
     for key in ("records", "examples", "kept", "dropped", "dropped_answer_too_long",
-                "dropped_prompt_too_long", "truncated", "max_length"):  # fmt: skip
+                "dropped_prompt_too_long", "dropped_prompt_uncuttable", "truncated",
+                "truncated_tokens", "max_length"):  # fmt: skip
         counts.add_row(key, str(stats[key]))
     for reason, count in stats["skipped"].items():
         counts.add_row(f"skipped: {reason}", str(count))

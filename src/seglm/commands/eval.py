@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from seglm.commands import roscoe_config
+from seglm.commands import ANSWER_MATCH_HELP, AnswerMatch, roscoe_config
 
 if TYPE_CHECKING:
     from seglm.evaluate import EvalResult
@@ -62,6 +62,9 @@ def register(app: typer.Typer) -> None:
                 "acc_norm) or both."
             ),
         ] = Scoring.generate,
+        answer_match: Annotated[
+            AnswerMatch, typer.Option("--answer-match", help=ANSWER_MATCH_HELP)
+        ] = AnswerMatch.seglm,
         limit: Annotated[
             int | None, typer.Option("--limit", "-n", help="Evaluate N examples only.")
         ] = None,
@@ -158,6 +161,7 @@ def register(app: typer.Typer) -> None:
                 overwrite=overwrite,
                 progress=not quiet,
                 roscoe=_roscoe_config(roscoe, roscoe_families),
+                answer_match=answer_match.value,
             )
         except (ValueError, OSError) as error:
             typer.echo(f"error: {error}", err=True)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from seglm.commands import ANSWER_MATCH_HELP, AnswerMatch
+
 if TYPE_CHECKING:
     from seglm.metrics import ScoredExample
 
@@ -43,6 +45,9 @@ def register(app: typer.Typer) -> None:
             AnswerFormat | None,
             typer.Option("--format", help="Answer format; overrides the one TASK defines."),
         ] = None,
+        answer_match: Annotated[
+            AnswerMatch, typer.Option("--answer-match", help=ANSWER_MATCH_HELP)
+        ] = AnswerMatch.seglm,
         as_json: Annotated[
             bool, typer.Option("--json", help="Print one JSON object, no table.")
         ] = False,
@@ -72,9 +77,11 @@ def register(app: typer.Typer) -> None:
 
         fmt = answer_format.value if answer_format else _task_answer_format(task)
         try:
-            scored = score_file(fmt, predictions)
+            scored = score_file(fmt, predictions, answer_match.value)
         except PredictionsFileError as error:
             raise typer.BadParameter(str(error), param_hint="PREDICTIONS") from None
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--answer-match") from None
         if correlations is not None and not roscoe:
             raise typer.BadParameter("needs --roscoe", param_hint="--correlations")
         if roscoe:
@@ -85,7 +92,8 @@ def register(app: typer.Typer) -> None:
         if per_example is not None:
             _write_per_example(per_example, scored)
         if as_json:
-            typer.echo(json.dumps({"n": len(scored), "metrics": means, "counts": counts}))
+            summary = {"n": len(scored), "answer_match": answer_match.value, "metrics": means}
+            typer.echo(json.dumps({**summary, "counts": counts}))
         else:
             _print_table(task, fmt, len(scored), means, counts)
 

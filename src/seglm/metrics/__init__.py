@@ -4,7 +4,13 @@ Nothing here executes model output: formulas are read by a small parser (``arith
 """
 
 from .arithmetic import Equation, ParseError, parse_equation
-from .exact_match import ANSWER_FORMATS, extract_answer, extract_choice, extract_last_number
+from .exact_match import (
+    ANSWER_FORMATS,
+    ANSWER_MATCHES,
+    extract_answer,
+    extract_choice,
+    extract_last_number,
+)
 from .scoring import (
     METRICS_BY_FORMAT,
     PredictionsFileError,
@@ -18,6 +24,7 @@ from .steps import STEP_METRICS, extract_formulas, step_metrics
 
 __all__ = [
     "ANSWER_FORMATS",
+    "ANSWER_MATCHES",
     "METRICS_BY_FORMAT",
     "STEP_METRICS",
     "Equation",

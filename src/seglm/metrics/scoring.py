@@ -11,7 +11,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .exact_match import NUMERIC_FORMATS, check_answer_format, exact_match_scores
+from .exact_match import (
+    NUMERIC_FORMATS,
+    check_answer_format,
+    check_answer_match,
+    exact_match_scores,
+)
 from .steps import STEP_METRICS, extract_formulas, step_metrics
 
 METRICS_BY_FORMAT: dict[str, tuple[str, ...]] = {
@@ -34,13 +39,17 @@ class ScoredExample:
     scores: Scores
 
 
-def score_prediction(answer_format: str, prediction: str, reference: str) -> Scores:
+def score_prediction(
+    answer_format: str, prediction: str, reference: str, answer_match: str = "seglm"
+) -> Scores:
     """Every metric of ``answer_format`` for one example; None where a metric does not apply.
+    ``answer_match="lm-eval"`` reads the exact match of the ``gsm8k`` format as
+    lm-evaluation-harness does (the step metrics are seglm's either way).
 
     Raises ValueError when the reference has no answer (``#### N`` or a letter).
     """
     check_answer_format(answer_format)
-    scores: Scores = dict(exact_match_scores(answer_format, prediction, reference))
+    scores: Scores = dict(exact_match_scores(answer_format, prediction, reference, answer_match))
     if answer_format in NUMERIC_FORMATS:
         predicted = extract_formulas(answer_format, prediction)
         gold = extract_formulas(answer_format, reference)
@@ -72,16 +81,17 @@ def count_scored(per_example: Iterable[Mapping[str, float | None]]) -> dict[str,
     return counts
 
 
-def score_file(answer_format: str, path: Path) -> list[ScoredExample]:
+def score_file(answer_format: str, path: Path, answer_match: str = "seglm") -> list[ScoredExample]:
     """Score a JSON Lines file of ``{"prediction": ..., "reference": ...}`` objects.
 
     Blank lines are skipped; any other problem raises PredictionsFileError naming the line.
     """
     check_answer_format(answer_format)
+    check_answer_match(answer_match, answer_format)
     scored = []
     for line_number, prediction, reference in _read_predictions(path):
         try:
-            scores = score_prediction(answer_format, prediction, reference)
+            scores = score_prediction(answer_format, prediction, reference, answer_match)
         except ValueError as error:
             raise PredictionsFileError(f"{path}, line {line_number}: {error}") from None
         scored.append(ScoredExample(line_number, scores))

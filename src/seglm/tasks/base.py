@@ -233,6 +233,8 @@ class Task:
     answer_format: ClassVar[str]
     splits: ClassVar[tuple[str, ...]]
     split_aliases: ClassVar[dict[str, str]] = {}
+    # What a split holds, where its name does not say it (written in train_report.json).
+    split_notes: ClassVar[dict[str, str]] = {}
     plain_max_length: ClassVar[int]  # token limit for the plain prompt (see default_max_length)
     max_new_tokens: ClassVar[int]
     stop_strings: ClassVar[tuple[str, ...]] = ("\nQuestion:",)
@@ -295,6 +297,11 @@ class Task:
                 f"task {self.name!r} has no split {split!r}; available: {', '.join(self.splits)}"
             )
         return split
+
+    def describe_split(self, split: str) -> str:
+        """What ``split`` holds, for reports."""
+        split = self.resolve_split(split)
+        return self.split_notes.get(split, f"the {split!r} split")
 
     def records(self, split: str, data_dir: DataDir, report: LoadReport) -> Iterator[Record]:
         """The raw records of ``split``; sets ``report.source``."""

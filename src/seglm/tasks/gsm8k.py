@@ -71,6 +71,12 @@ class GSM8K(Task):
     name: ClassVar[str] = "gsm8k"
     answer_format: ClassVar[str] = "gsm8k"
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test", "official_train")
+    split_notes: ClassVar[dict[str, str]] = {
+        "train": "90% of the official train set (the paper's split, seed 42)",
+        "validation": "10% of the official train set held out (the paper's split, seed 42)",
+        "test": "the official test set",
+        "official_train": "the whole official train set (it contains 'validation')",
+    }
 
     target: str = "paper"
 

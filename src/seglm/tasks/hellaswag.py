@@ -3,10 +3,12 @@
 Prompt (the paper's): ``Question: {ctx}\\nA. {ending0}\\nB. ...\\nD. {ending3}\\nAnswer: ``;
 target and reference: the gold letter.
 
-Splits, as the paper used them: ``train`` is the official train set (39905); ``test`` is the
-official validation set (10042), because the official test set has no labels. ``validation`` is
-that same validation set: the paper selected checkpoints on the data it reported (SPEC 7.7), and
-a warning says so whenever it is loaded.
+Splits: ``test`` is the official validation set (10042), as the paper reported it, because the
+official test set has no labels. The paper also selected checkpoints on that set (SPEC 7.7);
+here ``validation`` is instead a held-out 2.5% of the official train set (``datasets``
+``train_test_split(test_size=0.025, seed=42)``: 998 examples) and ``train`` the rest (38907), so
+checkpoint selection never sees the test data. ``official_train`` is the whole train set (39905,
+the paper's training data; it contains ``validation``).
 
 Files in a data dir: ``hellaswag/hellaswag_train.jsonl`` and ``hellaswag/hellaswag_val.jsonl``
 (the original names), or for validation the stand-in ``hellaswag/validation.jsonl``, whose
@@ -15,7 +17,6 @@ Files in a data dir: ``hellaswag/hellaswag_train.jsonl`` and ``hellaswag/hellasw
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -30,9 +31,10 @@ from .base import (
     require,
     require_strings,
 )
-from .sources import DatasetSource, SplitSource, read_split
+from .sources import DatasetSource, SplitSource, holdout_split, read_split
 
-logger = logging.getLogger(__name__)
+HOLDOUT_FRACTION = 0.025
+HOLDOUT_SEED = 42
 
 SOURCE = DatasetSource(
     hub_id="Rowan/hellaswag",
@@ -52,19 +54,26 @@ class HellaSwag(Task):
 
     name: ClassVar[str] = "hellaswag"
     answer_format: ClassVar[str] = "choice"
-    splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+    splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test", "official_train")
+    split_notes: ClassVar[dict[str, str]] = {
+        "train": "the official train set without the held-out 2.5% (seed 42)",
+        "validation": "2.5% of the official train set held out (seed 42); not the test data",
+        "test": "the official validation set (the official test set is unlabelled)",
+        "official_train": "the whole official train set (it contains 'validation')",
+    }
     plain_max_length: ClassVar[int] = 256
     max_new_tokens: ClassVar[int] = 4
     stop_strings: ClassVar[tuple[str, ...]] = ("\n",)
 
     def records(self, split: str, data_dir: DataDir, report: LoadReport) -> Iterator[Record]:
-        if split == "validation":
-            logger.warning(
-                "hellaswag: 'validation' is the same data as 'test' (the paper's test := "
-                "validation); choosing checkpoints on it tunes on the test set"
-            )
-        source_split = "train" if split == "train" else "validation"
-        return read_split(SOURCE, source_split, data_dir, report)
+        if split == "test":
+            return read_split(SOURCE, "validation", data_dir, report)
+        records = read_split(SOURCE, "train", data_dir, report)
+        if split == "official_train":
+            return records
+        rows = list(records)
+        kept, held_out = holdout_split(len(rows), HOLDOUT_FRACTION, HOLDOUT_SEED)
+        return (rows[i] for i in (kept if split == "train" else held_out))
 
     def to_example(self, record: Record) -> Example:
         fields = record.fields()
