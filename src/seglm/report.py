@@ -84,7 +84,7 @@ LABELS = {
     "wrong_operators": "wrong operators",
     "inverted_operands": "inverted operands",
 }
-COMPONENT = re.compile(r"^loss_([a-z0-9_]+)$")
+COMPONENT = re.compile(r"^loss_([a-z0-9_]+(?:@[a-z]+)?)$")
 
 
 # -- reading the cells -------------------------------------------------------------------------

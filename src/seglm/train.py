@@ -268,7 +268,12 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
             continue
         examples = _load_split(task, split, config, limit)
         tokenized = tokenize_examples(
-            examples, tokenizer, max_length, ce_scope=config.ce_scope, overflow=config.overflow
+            examples,
+            tokenizer,
+            max_length,
+            # The prompt's labels are kept when some term averages over every supervised token.
+            ce_scope=build_objective(config).label_scope,
+            overflow=config.overflow,
         )
         if not tokenized.features:
             counts = tokenized.report

@@ -24,6 +24,11 @@ SPECS = [
     "ce=0.6,gdice=0.4",
     "ce=0.6,lovasz=0.4",
     "ce=0.3,focal=0.2,sadl=0.1,gdice=0.2,lovasz=0.2",
+    "dft",
+    # Terms of both scopes in one objective: the weighting control and per-token terms over
+    # every supervised token.
+    "ce=0.6,ce@answer=0.4",
+    "ce@answer=0.5,focal@all=0.2,dft@all=0.1,lovasz=0.2",
 ]
 # 19 used rows (sequences of 5, 7, 0 and 7; answers of 3, 5, 0 and 5): chunks of one row,
 # smaller than a group, about a sequence, and larger than all rows.

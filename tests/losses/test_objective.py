@@ -141,6 +141,45 @@ def test_ce_scope_answer_covers_answer_tokens_only() -> None:
     assert abs(out.components["ce"] - everything) > 1e-3
 
 
+def test_each_term_averages_over_its_own_scope() -> None:
+    """``ce=0.6,ce@answer=0.4``: CE over prompt + answer and CE over the answer alone, each a
+    mean over its own tokens (brute force below); ignoring the scope would give CE(all)."""
+    logits, labels, answer_mask = chat_batch(seed=5)
+    out = Objective.from_spec("ce=0.6,ce@answer=0.4,focal@all=0.2,sadl=0.1")(
+        logits, labels, answer_mask
+    )
+    everything, answer = next_token_targets(labels), next_token_targets(labels, answer_mask)
+    flat = logits[:, :-1].reshape(-1, VOCAB)
+    log_probs = torch.log_softmax(flat, dim=1)
+    token_ce = {
+        i: -log_probs[i, y] for i, y in enumerate(everything.reshape(-1).tolist()) if y != IGNORE
+    }
+    in_answer = [i for i, y in enumerate(answer.reshape(-1).tolist()) if y != IGNORE]
+    ce_all = sum(token_ce.values()) / len(token_ce)
+    ce_answer = sum(token_ce[i] for i in in_answer) / len(in_answer)
+    focal_all = sum((1 - torch.exp(-c)) ** 1.5 * c for c in token_ce.values()) / len(token_ce)
+    torch.testing.assert_close(out.components["ce"], ce_all)
+    torch.testing.assert_close(out.components["ce@answer"], ce_answer)
+    objective = Objective.from_spec("focal@all", focal_gamma=1.5)
+    torch.testing.assert_close(
+        objective(logits, labels, answer_mask).components["focal@all"], focal_all
+    )
+    sadl = self_adjusting_dice_loss(logits[:, :-1], answer)
+    torch.testing.assert_close(out.components["sadl"], sadl)
+    assert abs(ce_answer - ce_all) > 1e-3  # the scope matters on this batch
+    focal_default = focal_loss(logits[:, :-1], everything)
+    expected = 0.6 * ce_all + 0.4 * ce_answer + 0.2 * focal_default + 0.1 * sadl
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_label_scope_is_the_widest_term_scope() -> None:
+    assert Objective.from_spec("ce=0.6,lovasz=0.4").label_scope == "all"
+    assert Objective.from_spec("ce@answer=1").label_scope == "answer"
+    assert Objective.from_spec("ce@answer=0.5,dft@all=0.5").label_scope == "all"
+    assert Objective.from_spec("ce", ce_scope="answer").label_scope == "answer"
+    assert Objective.from_spec("ce@all", ce_scope="answer").label_scope == "all"
+
+
 def test_answer_defaults_to_every_supervised_label() -> None:
     logits, labels, _ = chat_batch(seed=6, completion_only=True)
     objective = Objective.from_spec("ce=0.5,sadl=0.2,gdice=0.3", ce_scope="answer")
@@ -257,6 +296,10 @@ def test_zero_weights_are_dropped() -> None:
         ("ce=0.5,gdice", {"ce": 0.5, "gdice": 1.0}),
         ("ce=0.6,,focal=0.4,", {"ce": 0.6, "focal": 0.4}),
         ("ce=1e-1,sadl=.9", {"ce": 0.1, "sadl": 0.9}),
+        ("ce=0.6,ce@answer=0.4", {"ce": 0.6, "ce@answer": 0.4}),
+        ("CE@Answer=1", {"ce@answer": 1.0}),
+        ("ce@all=0.6,lovasz@answer=0.4", {"ce@all": 0.6, "lovasz": 0.4}),
+        ("focal@all=1,dft", {"focal@all": 1.0, "dft": 1.0}),
     ],
 )
 def test_parse_loss_spec(spec: str, weights: dict[str, float]) -> None:
@@ -269,7 +312,11 @@ def test_parse_loss_spec(spec: str, weights: dict[str, float]) -> None:
     [
         ("ce=0.6,lovaz=0.4", r"unknown loss 'lovaz'; did you mean 'lovasz'\?"),
         ("ce=0.6,focall=0.4", r"unknown loss 'focall'; did you mean 'focal'\?"),
-        ("dice=1", r"unknown loss 'dice'.*\(known: ce, focal, sadl, gdice, lovasz\)"),
+        ("dice=1", r"unknown loss 'dice'.*\(known: ce, focal, sadl, gdice, lovasz, dft\)"),
+        ("ce@prompt=1", r"scope 'prompt' is not one of all, answer"),
+        ("lovasz@all=1", r"set loss over the answer's tokens"),
+        ("ce=0.5,ce@all=0.5", r"'ce' and 'ce@all' are the same term"),
+        ("focal=0.5,focal@answer=0.5", r"'focal' appears twice"),
         ("ce=abc", r"weight of 'ce' is not a number: 'abc'"),
         ("ce=0.5,cross_entropy=0.5", r"'ce' appears twice"),
         ("", r"names no loss"),
@@ -278,7 +325,7 @@ def test_parse_loss_spec(spec: str, weights: dict[str, float]) -> None:
 )
 def test_parse_loss_spec_errors(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        parse_loss_spec(spec)
+        Objective.from_spec(spec)
 
 
 def test_spec_round_trips() -> None:
@@ -413,7 +460,15 @@ def accumulated_loss_and_grad(
     return total.detach(), leaf.grad
 
 
-TOKEN_MEAN_SPECS = ["ce", "focal", "sadl", "ce=0.5,focal=0.3,sadl=0.2"]
+TOKEN_MEAN_SPECS = [
+    "ce",
+    "focal",
+    "sadl",
+    "dft",
+    "ce=0.5,focal=0.3,sadl=0.2",
+    "ce@all=0.6,ce@answer=0.4",  # the same under either ce_scope
+    "ce@answer=0.3,focal@all=0.3,dft=0.4",
+]
 
 
 @pytest.mark.parametrize("spec", TOKEN_MEAN_SPECS)

@@ -333,3 +333,17 @@ def test_group_by_length_batches_similar_lengths(tiny_config: dict[str, Any]) ->
         assert ids == sorted(tuple(f["input_ids"]) for f in data.train)  # every example once
         widths[grouped] = sum(b["input_ids"].numel() for b in batches)
     assert widths[True] < 0.9 * widths[False]  # measured: 13% fewer padded tokens
+
+
+def test_terms_of_two_scopes_train_and_log_each(tiny_config: dict[str, Any]) -> None:
+    result = run(tiny_config, loss="ce=0.6,ce@answer=0.4", max_steps=2)
+    steps = [e for e in log_events(result.run_dir) if "loss" in e]
+    for event in steps:
+        assert event["loss"] == pytest.approx(
+            0.6 * event["loss_ce"] + 0.4 * event["loss_ce@answer"], rel=1e-4
+        )
+        assert event["loss_ce"] != pytest.approx(event["loss_ce@answer"], rel=1e-3)
+    assert result.report["data"]["train"]["ce_scope"] == "all"  # the prompt stays supervised
+    folder = Path(tiny_config["output_dir"]).parent / "answer-only"
+    answer_only = run(tiny_config, loss="ce@answer=1", max_steps=1, output_dir=str(folder))
+    assert answer_only.report["data"]["train"]["ce_scope"] == "answer"

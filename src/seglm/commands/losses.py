@@ -13,17 +13,18 @@ def register(app: typer.Typer) -> None:
         spec: str = typer.Argument(None, help='A loss spec to check, e.g. "ce=0.6,lovasz=0.4".'),
     ) -> None:
         """List the available losses, or parse SPEC and show its weights."""
-        from seglm.losses.objective import ALIASES, LOSS_NAMES, parse_loss_spec
+        from seglm.losses.objective import ALIASES, LOSS_NAMES, Objective
 
         console = Console()
         if spec:
             try:
-                weights = parse_loss_spec(spec)
+                objective = Objective.from_spec(spec)
             except ValueError as error:
                 raise typer.BadParameter(str(error), param_hint="SPEC") from None
-            table = Table("loss", "weight")
-            for name, weight in weights.items():
-                table.add_row(name, f"{weight:g}")
+            table = Table("term", "weight", "averaged over")
+            for name, weight in objective.weights.items():
+                tokens = "prompt and answer" if objective.scope(name) == "all" else "answer"
+                table.add_row(name, f"{weight:g}", f"{tokens} tokens")
             console.print(table)
             return
         table = Table("loss", "aliases")

@@ -5,6 +5,7 @@ and targets of the same leading shape; positions equal to ``ignore_index`` have 
 """
 
 from .cross_entropy import CrossEntropyLoss, cross_entropy_loss
+from .dft import DFTLoss, dft_loss
 from .dice import (
     GeneralizedDiceLoss,
     SelfAdjustingDiceLoss,
@@ -25,6 +26,7 @@ from .objective import (
 __all__ = [
     "LOSS_NAMES",
     "CrossEntropyLoss",
+    "DFTLoss",
     "FocalLoss",
     "GeneralizedDiceLoss",
     "ItemCounts",
@@ -34,6 +36,7 @@ __all__ = [
     "SelfAdjustingDiceLoss",
     "canonical_loss_name",
     "cross_entropy_loss",
+    "dft_loss",
     "focal_loss",
     "generalized_dice_loss",
     "lovasz_softmax_loss",

@@ -43,7 +43,6 @@ from ._present import (
     present_class_probs,
 )
 from ._tokens import check_targets, compute_dtype, group_ids_of
-from .cross_entropy import token_mean
 from .objective import SET_LOSSES, ItemCounts, Objective, ObjectiveOutput, SelectedRows
 
 # Default rows per chunk: about this many float32 logits (256 MiB) in a chunk, whatever the
@@ -134,16 +133,16 @@ class _Plan:
         self, ce: Tensor, rows: slice, present: PresentClassProbs | None
     ) -> tuple[Tensor, Tensor]:
         """Each term's value over ``rows`` (``ce`` is theirs), and how many rows it averaged."""
-        in_ce, in_answer = self.rows.in_ce[rows], self.rows.in_answer[rows]
+        in_answer = self.rows.in_answer[rows]
         answer_ce = ce[in_answer]
         values, counts = [], []
         for name in self.names:
-            if name == "ce":
-                values.append(token_mean(ce[in_ce]))
-                counts.append(in_ce.sum())
-            else:
-                values.append(self.objective._answer_term(name, answer_ce, present))
+            if self.objective.scope(name) == "answer":
+                values.append(self.objective.term(name, answer_ce, present))
                 counts.append(in_answer.sum())
+            else:
+                values.append(self.objective.term(name, ce, present))
+                counts.append(in_answer.new_tensor(ce.shape[0], dtype=torch.long))
         return torch.stack(values), torch.stack(counts)
 
     def chunk_loss(self, ce: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
@@ -396,7 +395,10 @@ def fused_objective_loss(
     grad_enabled = torch.is_grad_enabled()
     uses_set_term = bool(SET_LOSSES & objective.weights.keys()) and bool(rows.in_answer.any())
     names = list(objective.weights)
-    rows_per_term = [rows.in_ce.sum() if name == "ce" else rows.in_answer.sum() for name in names]
+    every_row = rows.in_answer.new_tensor(rows.index.shape[0], dtype=torch.long)
+    rows_per_term = [
+        every_row if objective.scope(name) == "all" else rows.in_answer.sum() for name in names
+    ]
     plan = _Plan(
         objective,
         names,

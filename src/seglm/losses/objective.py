@@ -23,6 +23,7 @@ from ._present import PresentClassProbs, present_class_layout, present_class_pro
 from ._statistics import row_statistics
 from ._tokens import GROUPS, check_choice, check_targets, connected_zero, group_ids_of
 from .cross_entropy import token_mean
+from .dft import dft_from_cross_entropy
 from .dice import (
     ABSENT_POLICIES,
     WEIGHTINGS,
@@ -32,16 +33,18 @@ from .dice import (
 from .focal import focal_from_cross_entropy
 from .lovasz import lovasz_from_probs
 
-LOSS_NAMES: tuple[str, ...] = ("ce", "focal", "sadl", "gdice", "lovasz")
+LOSS_NAMES: tuple[str, ...] = ("ce", "focal", "sadl", "gdice", "lovasz", "dft")
 ALIASES: dict[str, str] = {
     "cross_entropy": "ce",
     "focal_loss": "focal",
     "self_adjusting_dice": "sadl",
     "generalized_dice": "gdice",
     "lovasz_softmax": "lovasz",
+    "dynamic_fine_tuning": "dft",
 }
 SET_LOSSES = frozenset({"gdice", "lovasz"})
 CE_SCOPES: tuple[str, ...] = ("all", "answer")
+SCOPE_SEPARATOR = "@"
 
 
 def canonical_loss_name(name: str) -> str:
@@ -56,14 +59,47 @@ def canonical_loss_name(name: str) -> str:
     return key
 
 
+def split_term(term: str) -> tuple[str, str | None]:
+    """``"ce@answer"`` -> ``("ce", "answer")``; ``"lovasz"`` -> ``("lovasz", None)``."""
+    name, sep, scope = term.partition(SCOPE_SEPARATOR)
+    if not sep:
+        return canonical_loss_name(name), None
+    scope = scope.strip().lower()
+    if scope not in CE_SCOPES:
+        raise ValueError(
+            f"term {term.strip()!r}: scope {scope!r} is not one of {', '.join(CE_SCOPES)} "
+            f"(NAME{SCOPE_SEPARATOR}all: every supervised token; "
+            f"NAME{SCOPE_SEPARATOR}answer: answer tokens only)"
+        )
+    return canonical_loss_name(name), scope
+
+
+def canonical_term(term: str) -> str:
+    """A term as the objective keys it: the loss's short name, with ``@scope`` unless the scope
+    is the loss's own (answer for every loss but CE, whose default is the objective's
+    ``ce_scope``, so ``ce`` and ``ce@answer`` may stand side by side)."""
+    name, scope = split_term(term)
+    if name in SET_LOSSES and scope == "all":
+        raise ValueError(
+            f"term {term.strip()!r}: {name} is a set loss over the answer's tokens; "
+            f"{SCOPE_SEPARATOR}all is offered for per-token losses (ce, focal, sadl, dft) only"
+        )
+    if scope is None or (name != "ce" and scope == "answer"):
+        return name
+    return f"{name}{SCOPE_SEPARATOR}{scope}"
+
+
 def parse_loss_spec(spec: str) -> dict[str, float]:
-    """Parse ``"ce=0.6,lovasz=0.4"`` into weights; a bare name means weight 1."""
+    """Parse ``"ce=0.6,lovasz=0.4"`` into weights keyed by term; a bare name means weight 1.
+
+    A term may carry a scope, ``NAME@all`` or ``NAME@answer``: ``ce=0.6,ce@answer=0.4`` puts
+    40% of CE's weight on the answer tokens alone (the weighting control of a comparison)."""
     weights: dict[str, float] = {}
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
         name, sep, value = item.partition("=")
-        key = canonical_loss_name(name)
+        key = canonical_term(name)
         try:
             weight = float(value) if sep else 1.0
         except ValueError:
@@ -99,9 +135,12 @@ class SelectedRows:
 
     index: Tensor  # [n] flat position b * T + t
     targets: Tensor  # [n] the shifted label
-    in_ce: Tensor  # [n] bool: the CE term averages over this row
-    in_answer: Tensor  # [n] bool: the other terms average over this row
+    in_answer: Tensor  # [n] bool: terms of scope answer average over this row (else: all rows)
     counts: dict[str, Tensor]  # the micro-batch's labels, answer tokens and answered sequences
+
+    def of_scope(self, scope: str) -> Tensor | slice:
+        """The rows a term of ``scope`` averages over (every row for ``all``)."""
+        return self.in_answer if scope == "answer" else slice(None)
 
 
 @dataclass
@@ -112,7 +151,8 @@ class ObjectiveOutput:
 
 @dataclass
 class Objective:
-    """``sum_t w_t * L_t`` with CE over ``ce_scope`` tokens and every other term over answer tokens.
+    """``sum_t w_t * L_t`` with CE over ``ce_scope`` tokens and every other term over answer tokens,
+    unless a term names its scope (``ce@answer``, ``focal@all``: see :func:`parse_loss_spec`).
 
     ``Objective.from_spec("ce=0.6,lovasz=0.4")`` is the paper's setting (lambda = 0.6).
     ``group`` is the grouping of the set losses (GDice, Lovász). It defaults to ``sequence``, one
@@ -133,19 +173,26 @@ class Objective:
     ignore_index: int = -100
 
     def __post_init__(self) -> None:
+        check_choice("ce_scope", self.ce_scope, CE_SCOPES)
         weights: dict[str, float] = {}
+        scopes: dict[tuple[str, str], str] = {}
         for name, value in dict(self.weights).items():
-            key = canonical_loss_name(name)
+            key = canonical_term(name)
             if key in weights:
                 raise ValueError(f"weights: {name!r} is {key!r}, which appears twice")
             weights[key] = float(value)
+            other = scopes.setdefault((split_term(key)[0], self._scope_of(key)), key)
+            if other != key:
+                raise ValueError(
+                    f"weights: {other!r} and {key!r} are the same term (ce_scope is "
+                    f"{self.ce_scope!r})"
+                )
         for name, weight in weights.items():
             if not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {weight}")
         if not any(weights.values()):
             raise ValueError("at least one loss weight must be positive")
         self.weights = {name: w for name, w in weights.items() if w > 0}
-        check_choice("ce_scope", self.ce_scope, CE_SCOPES)
         check_choice("group", self.group, GROUPS)
         check_choice("gdice_weighting", self.gdice_weighting, WEIGHTINGS)
         check_choice("gdice_absent", self.gdice_absent, ABSENT_POLICIES)
@@ -167,6 +214,19 @@ class Objective:
     def spec(self) -> str:
         return ",".join(f"{name}={weight:g}" for name, weight in self.weights.items())
 
+    def _scope_of(self, term: str) -> str:
+        name, scope = split_term(term)
+        return scope or (self.ce_scope if name == "ce" else "answer")
+
+    def scope(self, term: str) -> str:
+        """The tokens term ``term`` averages over: ``all`` (supervised) or ``answer``."""
+        return self._scope_of(term)
+
+    @property
+    def label_scope(self) -> str:
+        """The widest scope of any term: ``all`` when a term needs the prompt's labels."""
+        return "all" if any(self.scope(t) == "all" for t in self.weights) else "answer"
+
     def select_rows(self, labels: Tensor, answer_mask: Tensor | None = None) -> SelectedRows:
         """Shift the labels and keep the positions some term uses (shared with the fused path)."""
         ignore = self.ignore_index
@@ -182,8 +242,7 @@ class Objective:
                     f"{tuple(labels.shape)}"
                 )
             answer = F.pad(answer_mask.bool(), (0, 1), value=False)[:, 1:] & supervised
-        in_ce = supervised if self.ce_scope == "all" else answer
-        used = (in_ce | answer) if "ce" in self.weights else answer
+        used = supervised if self.label_scope == "all" else answer
         index = used.reshape(-1).nonzero().squeeze(1)
         counts = {
             "labels": supervised.sum(),
@@ -193,7 +252,6 @@ class Objective:
         return SelectedRows(
             index,
             target.reshape(-1).index_select(0, index),
-            in_ce.reshape(-1).index_select(0, index),
             answer.reshape(-1).index_select(0, index),
             counts,
         )
@@ -234,7 +292,6 @@ class Objective:
         ce, log_normalizer, pair_logits = row_statistics(
             flat, rows.index, rows.targets, pair_rows, pair_classes
         )
-        answer_ce = ce.index_select(0, answer_of_row)
         present = (
             None
             if present_layout is None
@@ -246,26 +303,28 @@ class Objective:
         total = connected_zero(logits)
         components: dict[str, Tensor] = {}
         for name, weight in self.weights.items():
-            if name == "ce":
-                value = token_mean(ce[rows.in_ce])
-            else:
-                value = self._answer_term(name, answer_ce, present)
+            value = self.term(name, ce[rows.of_scope(self.scope(name))], present)
             components[name] = value.detach()
             scale = self.term_share(name, num_items_in_batch, rows.counts)
             total = total + weight * value * scale
         return ObjectiveOutput(total, components)
 
-    def _answer_term(
-        self, name: str, answer_ce: Tensor, present: PresentClassProbs | None
-    ) -> Tensor:
+    def term(self, term: str, ce: Tensor, present: PresentClassProbs | None) -> Tensor:
+        """The value of ``term`` from the per-token CE of the rows of its scope (and, for a set
+        loss, the present-class probabilities of the answer rows)."""
+        name, _ = split_term(term)
+        if name == "ce":
+            return token_mean(ce)
         if name == "focal":
-            return token_mean(focal_from_cross_entropy(answer_ce, self.focal_gamma))
+            return token_mean(focal_from_cross_entropy(ce, self.focal_gamma))
         if name == "sadl":
             return token_mean(
-                self_adjusting_dice_from_cross_entropy(answer_ce, self.sadl_alpha, self.sadl_gamma)
+                self_adjusting_dice_from_cross_entropy(ce, self.sadl_alpha, self.sadl_gamma)
             )
+        if name == "dft":
+            return token_mean(dft_from_cross_entropy(ce))
         if present is None:  # no answer token in this micro-batch
-            return answer_ce.sum()
+            return ce.sum()
         if name == "gdice":
             return generalized_dice_from_probs(
                 present, self.gdice_weighting, self.gdice_absent, self.gdice_smooth
@@ -282,7 +341,7 @@ class Objective:
         supervised labels, answer tokens and sequences with an answer token."""
         if name in SET_LOSSES and self.group == "sequence":
             kind = "sequences"  # a mean over examples
-        elif name != "ce" or self.ce_scope == "answer":
+        elif self.scope(name) == "answer":
             kind = "answer"
         else:
             kind = "labels"
