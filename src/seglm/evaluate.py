@@ -753,26 +753,67 @@ class Scorer:
     def pair_logliks(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
         """Sum of log p(continuation token | everything before it), per (context, continuation).
 
-        Rows are left-padded, so every continuation ends at the last position and only the
-        last ``width`` positions need logits."""
+        A context shared by several pairs (the choices of one question) is run once: its last
+        position gives each continuation's first token, and its KV cache, repeated for each
+        pair, the rest. Contexts are left-padded and continuations right-padded, so every
+        real position sees exactly its own prefix."""
         import torch
 
-        inputs = self.inputs([(context + continuation)[:-1] for context, continuation in pairs])
+        contexts: dict[tuple[int, ...], int] = {}
+        owner = [contexts.setdefault(tuple(context), len(contexts)) for context, _ in pairs]
+        inputs = self.inputs([list(context) for context in contexts])
         mask = inputs["attention_mask"]
-        width = max(len(continuation) for _, continuation in pairs)
         with torch.inference_mode():
-            logits = self.model(
+            prefix = self.model(
                 **inputs,
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                logits_to_keep=width,
-            ).logits[:, -width:, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            first = torch.log_softmax(prefix.logits[:, -1].float(), dim=-1)
+            rows = torch.tensor(owner, device=self.device)
+            heads = torch.tensor([continuation[0] for _, continuation in pairs], device=rows.device)
+            values = first[rows, heads]
+            width = max(len(continuation) for _, continuation in pairs) - 1
+            if width > 0:
+                rest = self.continuation_logprobs(pairs, rows, mask, prefix.past_key_values, width)
+                values = values + rest
+        return values.tolist()
+
+    def continuation_logprobs(
+        self,
+        pairs: Sequence[tuple[list[int], list[int]]],
+        rows: Any,
+        mask: Any,
+        cache: Any,
+        width: int,
+    ) -> Any:
+        """Log-probabilities of each continuation's tokens after the first, from its context's
+        cache: the continuation (but its last token) is fed right-padded to ``width``."""
+        import torch
+
+        cache.reorder_cache(rows)  # one cache row per pair (repeated for shared contexts)
+        feed = torch.full((len(pairs), width), int(self.collate.pad_token_id), dtype=torch.long)
+        real = torch.zeros(len(pairs), width, dtype=torch.long)
+        for row, (_, continuation) in enumerate(pairs):
+            feed[row, : len(continuation) - 1] = torch.tensor(continuation[:-1])
+            real[row, : len(continuation) - 1] = 1
+        feed, real = feed.to(self.device), real.to(self.device)
+        context_lengths = mask.sum(-1)[rows]
+        positions = context_lengths[:, None] + torch.arange(width, device=self.device)
+        logits = self.model(
+            input_ids=feed,
+            attention_mask=torch.cat([mask[rows], real], dim=1),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=False,
+        ).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         values = []
         for row, (_, continuation) in enumerate(pairs):
-            targets = torch.tensor(continuation, device=self.device)[:, None]
-            picked = logprobs[row, width - len(continuation) :].gather(-1, targets)
-            values.append(picked.sum().item())
-        return values
+            targets = torch.tensor(continuation[1:], device=self.device)[:, None]
+            values.append(logprobs[row, : len(continuation) - 1].gather(-1, targets).sum())
+        return torch.stack(values)
 
 
 @functools.lru_cache(maxsize=8)
