@@ -193,7 +193,14 @@ def test_folder_that_is_not_a_grid_is_refused(tiny_model: Path, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"losses": []}, "empty grid: 'losses'"),
+        ({"losses": []}, "empty grid: 'losses' and 'arms'"),
+        ({"arms": {"base": "ce@answer=1"}}, "'base' is not a usable arm name"),
+        ({"arms": {"ce-lam0.5": "ce=1"}}, "not LOSS-lamλ"),
+        ({"arms": {"a/b": "ce=1"}}, "'a/b' is not a usable arm name"),
+        ({"arms": {"x": "ce=1"}}, "arms: x trains the same loss as the arm 'ce-lam1'"),
+        ({"arms": {"x": "lovasz=0.4,ce=0.6"}}, "same loss as the arm 'lovasz-lam0.6'"),
+        ({"arms": {"x": "ce@answer=1", "y": "ce@answer=1.0"}}, "y trains the same loss as"),
+        ({"arms": {"x": "ce@everything=1"}}, "arms: x: term 'ce@everything'"),
         ({"seeds": []}, "empty grid: 'seeds'"),
         ({"losses": ["ce", "lovaz"]}, "unknown loss 'lovaz'; did you mean 'lovasz'"),
         ({"lambdas": [1.2]}, "λ is the weight of CE, in \\[0, 1\\)"),
@@ -251,6 +258,49 @@ def test_cells_order_names_and_loss_specs() -> None:
         "ce=0.8,gdice=0.2",
     ]
     assert Cell("arith", "m", "lovasz", 0.0, 0).loss_spec == "ce=0,lovasz=1"
+
+
+def test_named_arms_are_cells_with_their_own_spec() -> None:
+    grid = Grid(
+        tasks=["arith"], models=["m"], losses=["ce", "lovasz"], seeds=[0, 1],
+        arms={"ce-answer": "ce@ANSWER = 1", "control": "ce=0.6, ce@answer=0.4"},
+    )  # fmt: skip
+    assert grid.arms == {"ce-answer": "ce@answer=1", "control": "ce=0.6,ce@answer=0.4"}
+    assert [(str(c.relative_dir), c.loss_spec) for c in grid.cells()][:4] == [
+        ("arith/m/ce-lam1/seed0", "ce=1"),
+        ("arith/m/ce-answer/seed0", "ce@answer=1"),
+        ("arith/m/control/seed0", "ce=0.6,ce@answer=0.4"),
+        ("arith/m/lovasz-lam0.6/seed0", "ce=0.6,lovasz=0.4"),
+    ]
+    assert len(grid.cells()) == 8
+    only_arms = Grid(tasks=["arith"], models=["m"], losses=[], arms={"d": "dft=1"}, seeds=[0])
+    assert [c.arm for c in only_arms.cells()] == ["d"]
+
+
+def test_named_arms_extend_a_runs_folder_and_keep_their_spec(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = FakeRuns().install(monkeypatch)
+    root = tmp_path / "runs"
+    run_grid(tiny_grid(tiny_model, seeds=[0], arms={"ce-answer": "ce@answer=1"}), root,
+             progress=False)  # fmt: skip
+    assert len(fakes.trained) == 3
+    config = json.loads((root / GRID_FILE).read_text())
+    assert config["arms"] == {"ce-answer": "ce@answer=1"}
+    run_grid(tiny_grid(tiny_model, seeds=[0], arms={"control": "ce=0.6,ce@answer=0.4"}), root,
+             progress=False)  # fmt: skip
+    assert len(fakes.trained) == 4
+    config = json.loads((root / GRID_FILE).read_text())
+    assert config["arms"] == {"ce-answer": "ce@answer=1", "control": "ce=0.6,ce@answer=0.4"}
+    trained = cell_config(
+        tiny_grid(tiny_model, arms=config["arms"]),
+        Cell("arith", str(tiny_model), "control", None, 0, config["arms"]["control"]),
+        root,
+    )
+    assert trained.loss == "ce=0.6,ce@answer=0.4"
+    with pytest.raises(GridError, match=r"arm 'control' trained 'ce=0\.6,ce@answer=0\.4' there"):
+        run_grid(tiny_grid(tiny_model, seeds=[0], arms={"control": "ce=0.5,ce@answer=0.5"}),
+                 root, progress=False)  # fmt: skip
 
 
 def test_grid_file_and_its_errors(tmp_path: Path) -> None:

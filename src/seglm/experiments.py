@@ -1,12 +1,15 @@
 """Grids of runs: one model fine-tuned with CE and with each loss, evaluated side by side.
 
-A grid is tasks x models x losses x λ x seeds. Each *cell* trains with ``λ·CE + (1 − λ)·loss``
-(CE alone for ``ce``) and evaluates the result, in its own folder under the runs folder::
+A grid is tasks x models x arms x seeds. The arms are each loss at each λ, trained with
+``λ·CE + (1 − λ)·loss`` (CE alone for ``ce``), and any *named arms*, each with its own loss spec
+(``ce-answer: ce@answer=1``, the control ``ce=0.6,ce@answer=0.4``). Each *cell* trains one arm
+with one seed and evaluates the result, in its own folder under the runs folder::
 
     RUNS/grid.json                                  what the grid is (checked on every rerun)
     RUNS/summary.csv, RUNS/summary.json             one row per cell: status, metrics, timings
     RUNS/{task}/{model}/base/                       the untrained model, evaluated (optional)
     RUNS/{task}/{model}/{loss}-lam{λ}/seed{s}/      a run folder (seglm.train) + its evaluation
+    RUNS/{task}/{model}/{arm name}/seed{s}/         the same for a named arm
 
 A cell is finished when its ``metrics.json`` exists: a rerun skips it, so an interrupted grid
 resumes (a half-trained cell continues from its last checkpoint). A cell that fails writes its
@@ -62,6 +65,7 @@ GRID_KEYS = (
     "models",
     "losses",
     "lambdas",
+    "arms",
     "seeds",
     "base",
     "train",
@@ -84,6 +88,17 @@ SUMMARY_HEAD = (
     "steps",
     "error",
 )
+
+
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+LOSS_ARM = re.compile(r".+-lam[0-9.e+-]+")
+
+
+def spec_key(spec: str) -> frozenset[tuple[str, float]]:
+    """A loss spec's terms and weights, whatever their order or spelling."""
+    from seglm.losses import parse_loss_spec
+
+    return frozenset(parse_loss_spec(spec).items())
 
 
 class GridError(ValueError):
@@ -124,13 +139,15 @@ class EvalSpec:
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run and its evaluation; ``loss`` is ``base`` for the untrained model."""
+    """One training run and its evaluation; ``loss`` is ``base`` for the untrained model and a
+    named arm's name when ``spec`` is set."""
 
     task: str
     model: str
     loss: str
-    lam: float | None  # weight of CE: 1 for CE alone, None for the base model
+    lam: float | None  # weight of CE: 1 for CE alone, None for the base model and named arms
     seed: int | None  # None for the base model (greedy evaluation needs no seed)
+    spec: str | None = None  # a named arm's loss spec
 
     @property
     def is_base(self) -> bool:
@@ -138,8 +155,10 @@ class Cell:
 
     @property
     def arm(self) -> str:
-        """What a table row compares: ``base``, ``ce-lam1``, ``lovasz-lam0.6``."""
-        return BASE if self.is_base else f"{self.loss}-lam{self.lam:g}"
+        """What a table row compares: ``base``, ``ce-lam1``, ``lovasz-lam0.6``, a named arm."""
+        if self.is_base or self.spec is not None:
+            return self.loss
+        return f"{self.loss}-lam{self.lam:g}"
 
     @property
     def relative_dir(self) -> Path:
@@ -148,7 +167,9 @@ class Cell:
 
     @property
     def loss_spec(self) -> str:
-        """The TrainConfig loss spec: ``ce=1`` or ``ce=0.6,lovasz=0.4``."""
+        """The TrainConfig loss spec: ``ce=1``, ``ce=0.6,lovasz=0.4`` or a named arm's."""
+        if self.spec is not None:
+            return self.spec
         if self.loss == CE:
             return "ce=1"
         assert self.lam is not None
@@ -162,15 +183,17 @@ def model_slug(model: str) -> str:
 
 @dataclass
 class Grid:
-    """tasks x models x losses x λ x seeds, with the training and evaluation settings every cell
-    shares (``train``: TrainConfig fields, a ``preset`` allowed; ``eval``: :class:`EvalSpec`).
+    """tasks x models x (losses x λ + named arms) x seeds, with the training and evaluation
+    settings every cell shares (``train``: TrainConfig fields, a ``preset`` allowed; ``eval``:
+    :class:`EvalSpec`).
     ``model_train`` adds settings for one model (e.g. its LoRA target modules); ``base`` also
-    evaluates each untrained model."""
+    evaluates each untrained model. ``arms`` maps a name to a loss spec of its own."""
 
     tasks: list[str]
     models: list[str]
     losses: list[str]
     lambdas: list[float] = field(default_factory=lambda: [DEFAULT_LAMBDA])
+    arms: dict[str, str] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     base: bool = False
     train: dict[str, Any] = field(default_factory=dict)
@@ -180,9 +203,11 @@ class Grid:
     def __post_init__(self) -> None:
         from seglm.losses import canonical_loss_name
 
-        for name in ("tasks", "models", "losses", "seeds"):
+        for name in ("tasks", "models", "seeds"):
             if not getattr(self, name):
                 raise GridError(f"empty grid: '{name}' lists nothing")
+        if not self.losses and not self.arms:
+            raise GridError("empty grid: 'losses' and 'arms' list nothing")
         try:
             self.losses = _distinct(canonical_loss_name(loss) for loss in self.losses)
         except ValueError as error:
@@ -192,6 +217,7 @@ class Grid:
         self.seeds = _distinct(self.seeds)
         self.lambdas = _distinct(float(lam) for lam in self.lambdas)
         self._check_values()
+        self.arms = self._checked_arms()
         self.train = _check_train_settings(self.train, "train")
         for model, settings in self.model_train.items():
             if model not in self.models:
@@ -220,7 +246,36 @@ class Grid:
                     f"{model_slug(model)!r}; rename one of the folders"
                 )
 
-    def cells(self) -> list[Cell]:
+    def _checked_arms(self) -> dict[str, str]:
+        """Named arms with canonical specs; a name or a loss that another arm has is refused."""
+        from seglm.losses import parse_loss_spec
+
+        taken = {
+            spec_key(cell.loss_spec): cell.arm
+            for cell in self.cells(named=False)
+            if cell.seed == self.seeds[0]
+        }
+        arms: dict[str, str] = {}
+        for name, spec in self.arms.items():
+            if not isinstance(spec, str | int | float):
+                raise GridError(f"arms: {name}: expected a loss spec, got {spec!r}")
+            if not ARM_NAME.fullmatch(str(name)) or name == BASE or LOSS_ARM.fullmatch(name):
+                raise GridError(
+                    f"arms: {name!r} is not a usable arm name (letters, digits, '.', '_' and "
+                    f"'-'; not {BASE!r} and not LOSS-lamλ, which names the losses x lambdas arms)"
+                )
+            try:
+                weights = parse_loss_spec(str(spec))
+            except ValueError as error:
+                raise GridError(f"arms: {name}: {error}") from None
+            canonical = ",".join(f"{term}={weight:g}" for term, weight in weights.items())
+            other = taken.setdefault(spec_key(canonical), name)
+            if other != name:
+                raise GridError(f"arms: {name} trains the same loss as the arm {other!r}")
+            arms[name] = canonical
+        return arms
+
+    def cells(self, named: bool = True) -> list[Cell]:
         """Every cell, seed by seed: an interrupted grid has whole seeds to compare."""
         cells: list[Cell] = []
         for task in self.tasks:
@@ -228,9 +283,17 @@ class Grid:
                 if self.base:
                     cells.append(Cell(task, model, BASE, None, None))
                 for seed in self.seeds:
-                    for loss in self.losses:
-                        lambdas = [1.0] if loss == CE else self.lambdas
-                        cells.extend(Cell(task, model, loss, lam, seed) for lam in lambdas)
+                    # CE and the named arms (the baselines, usually) first, then the losses
+                    losses = sorted(self.losses, key=lambda loss: loss != CE)
+                    if CE in losses:
+                        cells.append(Cell(task, model, CE, 1.0, seed))
+                    if named:
+                        cells.extend(
+                            Cell(task, model, name, None, seed, spec)
+                            for name, spec in self.arms.items()
+                        )
+                    for loss in (loss for loss in losses if loss != CE):
+                        cells.extend(Cell(task, model, loss, lam, seed) for lam in self.lambdas)
         return cells
 
     def identity(self) -> dict[str, Any]:
@@ -249,6 +312,7 @@ class Grid:
             **self.identity(),
             "losses": self.losses,
             "lambdas": self.lambdas,
+            "arms": self.arms,
             "seeds": self.seeds,
             "base": self.base,
             "settings": {"train": self.train, "eval": dataclasses.asdict(self.eval)},
@@ -267,8 +331,9 @@ class Grid:
             return cls(
                 tasks=_names(values, "task", "tasks", where),
                 models=_names(values, "model", "models", where),
-                losses=_text_list(values.get("losses"), f"{where}: losses"),
+                losses=_text_list(values.get("losses", []), f"{where}: losses"),
                 lambdas=_number_list(values.get("lambdas", [DEFAULT_LAMBDA]), where),
+                arms=_mapping(values.get("arms"), f"{where}: arms"),
                 seeds=parse_seeds(values.get("seeds", 1), f"{where}: seeds"),
                 base=_boolean(values.get("base", False), f"{where}: base"),
                 train=_mapping(values.get("train"), f"{where}: train"),
@@ -491,6 +556,7 @@ def grid_cells(values: dict[str, Any]) -> list[Cell]:
         models=values["models"],
         losses=values["losses"],
         lambdas=values["lambdas"],
+        arms=values.get("arms", {}),
         seeds=values["seeds"],
         base=values.get("base", False),
     )
@@ -526,6 +592,7 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
             )
         for axis in ("losses", "lambdas", "seeds"):
             current[axis] = _distinct([*previous[axis], *current[axis]])
+        current["arms"] = _merged_arms(previous.get("arms", {}), current["arms"], root)
         current["base"] = bool(previous.get("base")) or grid.base
     elif root.exists() and any(root.iterdir()):
         raise GridError(
@@ -537,6 +604,17 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
 
 
 # -- running cells -----------------------------------------------------------------------------
+
+
+def _merged_arms(previous: dict[str, str], current: dict[str, str], root: Path) -> dict[str, str]:
+    changed = [name for name in current if previous.get(name, current[name]) != current[name]]
+    if changed:
+        name = changed[0]
+        raise GridError(
+            f"{root}: arm {name!r} trained {previous[name]!r} there, not {current[name]!r}; "
+            "give the new loss another arm name"
+        )
+    return {**previous, **current}
 
 
 def _is_main_process() -> bool:

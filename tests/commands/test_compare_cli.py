@@ -88,11 +88,12 @@ def test_dry_run_lists_cells_and_runs_nothing(
     out = tmp_path / "runs"
     result = compare(
         "--model", str(tiny_model), "--losses", "ce,lovasz", "--lambdas", "0.6,0.8",
-        "--out", str(out), "--dry-run",
+        "--arm", "control:ce=0.6,ce@answer=0.4", "--out", str(out), "--dry-run",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     text = plain(result.output)
-    assert "3 cells in" in text and "lovasz-lam0.8/seed0 pending" in text
+    assert "4 cells in" in text and "lovasz-lam0.8/seed0 pending" in text
+    assert "control/seed0 pending" in text
     assert fakes.trained == [] and not out.exists()
 
 
@@ -111,12 +112,14 @@ def test_failed_cell_sets_the_exit_status(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--losses", ""], "empty grid: 'losses' lists nothing"),
+        (["--losses", ""], "empty grid: 'losses' and 'arms' list nothing"),
         (["--losses", "ce,dice"], "unknown loss 'dice'"),
         (["--losses", "ce", "--model", "smollm2-135m-instrct"], "unknown model"),
         (["--losses", "ce", "--seeds", "two"], "seeds: expected a count or a list"),
         (["--losses", "ce", "--train", "max_steps"], "--train expects key=value"),
         (["--losses", "ce", "--shard", "2/2"], "shard must look like i/n"),
+        (["--arm", "ce@answer=1"], "--arm expects NAME:SPEC"),
+        (["--arm", "x:ce@answr=1"], "arms: x: term 'ce@answr'"),
     ],
 )
 def test_bad_input_is_refused_before_anything_trains(

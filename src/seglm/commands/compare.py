@@ -6,6 +6,7 @@ Flags override the grid file's values; without a file they define the grid, e.g.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,6 +34,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         lambdas: Annotated[
             str | None, typer.Option(help="Weights of CE, comma-separated (default 0.6).")
+        ] = None,
+        arm: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--arm",
+                help="A named arm NAME:SPEC (repeatable), e.g. control:ce=0.6,ce@answer=0.4.",
+            ),
         ] = None,
         seeds: Annotated[
             str | None,
@@ -90,7 +98,7 @@ def register(app: typer.Typer) -> None:
             "batch_size": eval_batch_size,
         }
         try:
-            grid = build_grid(grid_file, overrides, eval_overrides, train or [], preset)
+            grid = build_grid(grid_file, overrides, eval_overrides, train or [], preset, arm or [])
             if dry_run:
                 print_cells(grid, out)
                 return
@@ -108,6 +116,7 @@ def build_grid(
     eval_overrides: dict[str, Any],
     train_items: list[str],
     preset: str | None,
+    arm_items: Sequence[str] = (),
 ) -> Grid:
     """The grid file's values (or the defaults: arith, smollm2-135m-instruct), then the flags."""
     import yaml
@@ -135,7 +144,16 @@ def build_grid(
     if preset is not None:
         train["preset"] = preset
     values["train"] = train
-    values.setdefault("losses", [])
+    arms = values.get("arms") or {}
+    if arm_items and not isinstance(arms, dict):
+        raise GridError(f"{grid_file}: arms: expected a mapping of name: loss spec")
+    for item in arm_items:
+        name, sep, spec = item.partition(":")
+        if not sep or not name.strip() or not spec.strip():
+            raise GridError(f"--arm expects NAME:SPEC (e.g. ce-answer:ce@answer=1), got {item!r}")
+        arms[name.strip()] = spec.strip()
+    if arms:
+        values["arms"] = arms
     where = str(grid_file) if grid_file is not None else "command line"
     return Grid.from_dict(values, where)
 
