@@ -16,7 +16,7 @@ import pytest
 from seglm.config import TrainConfig, write_config
 
 EXAMPLES = 40
-COMPONENTS = ("ce", "focal", "sadl", "gdice", "lovasz")
+COMPONENTS = ("ce", "focal", "sadl", "gdice", "lovasz", "dft")
 
 
 def arm_of(folder: Path) -> tuple[str, int | None]:
@@ -66,7 +66,10 @@ class FakeRuns:
         weights = dict(part.split("=") for part in config.loss.split(","))
         events = []
         for step in range(1, 6):
-            terms = {f"loss_{name}": 2.0 / step + COMPONENTS.index(name) for name in weights}
+            terms = {
+                f"loss_{name}": 2.0 / step + COMPONENTS.index(name.split("@")[0])
+                for name in weights
+            }
             total = sum(float(w) * terms[f"loss_{n}"] for n, w in weights.items())
             events.append({"step": step, "epoch": step / 5, "loss": total, **terms})
         text = "".join(json.dumps(event) + "\n" for event in events)

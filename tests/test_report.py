@@ -17,6 +17,7 @@ from train._helpers import save_tiny_model
 
 from seglm.experiments import EvalSpec, Grid, GridError, run_grid
 from seglm.report import ROSCOE_FILE, build_report, score_roscoe
+from seglm.stats import holm, sign_flip_p_value
 from seglm.tasks import get_task
 
 RATES = {"base": 0.05, "ce-lam1": 0.3, "lovasz-lam0.6": 0.6, "lovasz-lam0.8": 0.45}
@@ -46,8 +47,8 @@ def make_runs(
     return root
 
 
-def scores(arm: str, seeds: list[int | None]) -> np.ndarray:
-    return np.vstack([example_scores(RATES.get(arm, 0.3), arm, s, EXAMPLES) for s in seeds])
+def scores(arm: str, seeds: list[int | None], rates: dict[str, float] = RATES) -> np.ndarray:
+    return np.vstack([example_scores(rates.get(arm, 0.3), arm, s, EXAMPLES) for s in seeds])
 
 
 def test_table_values_match_hand_computed_statistics(
@@ -67,7 +68,7 @@ def test_table_values_match_hand_computed_statistics(
     difference = stats["lovasz-lam0.6"].versus_ce["exact_match"]
     assert difference.difference == pytest.approx(lovasz.mean() - ce.mean())
     assert difference.low > 0 and difference.p_value < 0.01
-    mcnemar = stats["lovasz-lam0.6"].mcnemar
+    mcnemar = stats["lovasz-lam0.6"].versus["CE(all)"].mcnemar
     a_only = int(((lovasz == 1) & (ce == 0)).sum())
     b_only = int(((lovasz == 0) & (ce == 1)).sum())
     assert (mcnemar.a_only, mcnemar.b_only) == (a_only, b_only)
@@ -76,7 +77,7 @@ def test_table_values_match_hand_computed_statistics(
     assert stats["lovasz-lam0.6"].versus_ce["iou"].difference == pytest.approx(
         0.5 * (lovasz.mean() - ce.mean())
     )
-    assert stats["ce-lam1"].versus_ce == {} and stats["ce-lam1"].mcnemar is None
+    assert stats["ce-lam1"].versus == {}  # CE(all) is the only baseline of this grid
     # The base model (one evaluation) is paired with every CE seed.
     base = scores("base", [None])
     assert stats["base"].versus_ce["exact_match"].difference == pytest.approx(
@@ -89,11 +90,58 @@ def test_table_values_match_hand_computed_statistics(
     assert headline.p_bonferroni == pytest.approx(min(1.0, 4 * difference.p_value))
 
     text = report.path.read_text()
-    assert f"| lovasz-lam0.6 | 3 | {100 * lovasz.mean():.1f} [" in text
+    per_seed = ", ".join(f"{100 * value:.1f}" for value in lovasz.mean(axis=1))
+    assert f"| lovasz-lam0.6 | 3 | {per_seed} | {100 * lovasz.mean():.1f} [" in text
     assert "Relative gain over CE, as the paper reports it" in text
     assert "Why the relative gain misleads" in text
     saved = json.loads((root / "report.json").read_text())
     assert saved["groups"][0]["headline"]["best"] == "lovasz-lam0.6"
+
+
+def test_each_arm_meets_every_baseline_with_holm_across_arms(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rates = {"ce-lam1": 0.3, "ce-answer": 0.5, "control": 0.45, "lovasz-lam0.6": 0.5}
+    arms = {"ce-answer": "ce@answer=1", "control": "ce=0.6,ce@answer=0.4"}
+    root = make_runs(
+        tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(rates),
+        losses=["ce", "lovasz", "dft"], lambdas=[0.6], arms=arms, base=False,
+    )  # fmt: skip
+    report = build_report(root, resamples=500)
+    (group,) = report.groups
+    roles = {"ce-lam1": "CE(all)", "ce-answer": "CE(answer)", "control": "control"}
+    assert group.group.roles == roles
+    stats = {s.arm: s for s in group.stats}
+    assert list(stats) == ["ce-lam1", "ce-answer", "control", "lovasz-lam0.6", "dft-lam0.6"]
+    seeds = [0, 1, 2]
+    lovasz, control = scores("lovasz-lam0.6", seeds, rates), scores("control", seeds, rates)
+    versus_control = stats["lovasz-lam0.6"].versus["control"]
+    assert versus_control.baseline == "control"
+    assert versus_control.differences["exact_match"].difference == pytest.approx(
+        lovasz.mean() - control.mean()
+    )
+    assert set(stats["lovasz-lam0.6"].versus) == {"CE(all)", "CE(answer)", "control"}
+    assert set(stats["control"].versus) == {"CE(all)", "CE(answer)"}
+    # Holm across the four trained arms compared with CE(answer), from each arm's own p-value.
+    family = ["ce-lam1", "control", "lovasz-lam0.6", "dft-lam0.6"]
+    ce_answer = scores("ce-answer", seeds, rates)
+    p_values = [
+        sign_flip_p_value(scores(arm, seeds, rates) - ce_answer, resamples=500) for arm in family
+    ]
+    expected = holm(p_values)
+    found = [stats[arm].versus["CE(answer)"].holm["exact_match"] for arm in family]
+    assert found == pytest.approx(expected)
+    assert [stats[arm].versus["CE(answer)"].differences["exact_match"].p_value
+            for arm in family] == pytest.approx(p_values)  # fmt: skip
+    # The headline picks among the losses only, not among the baselines.
+    assert group.headline.compared == 2
+    text = report.path.read_text()
+    for role in ("CE(all)", "CE(answer)", "control"):
+        assert f"### Against {role}" in text
+    assert "| ce-answer (CE(answer)) | 3 |" in text and "| control | 3 |" in text
+    assert "named arms ce-answer (`ce@answer=1`), control (`ce=0.6,ce@answer=0.4`)" in text
+    figure = imread(report.groups[0].figures["main"])
+    assert figure.shape[1] > 400
 
 
 def test_figures_are_written_and_linked(

@@ -11,9 +11,11 @@ from scipy.stats import binomtest
 from seglm.stats import (
     bootstrap_mean,
     bootstrap_means,
+    holm,
     mcnemar_exact,
-    paired_bootstrap,
+    paired_difference,
     relative_gain,
+    sign_flip_p_value,
 )
 
 
@@ -74,22 +76,22 @@ def test_resample_means_equal_explicit_resampling() -> None:
     assert bootstrap_means(values, resamples=1, seed=0)[0] == pytest.approx(explicit)
 
 
-def test_paired_bootstrap_of_identical_arms() -> None:
+def test_paired_difference_of_identical_arms() -> None:
     values = binary(100, 0.5, 3)
-    result = paired_bootstrap(values, values, resamples=500)
+    result = paired_difference(values, values, resamples=500)
     assert result.difference == 0.0 and result.low == 0.0 and result.high == 0.0
     assert result.p_value == 1.0
 
 
-def test_paired_bootstrap_finds_a_consistent_gain() -> None:
+def test_paired_difference_finds_a_consistent_gain() -> None:
     baseline = binary(300, 0.3, 4)
     better = baseline.copy()
     better[np.flatnonzero(baseline == 0)[:45]] = 1.0  # 45 more right, none lost: +15 points
-    result = paired_bootstrap(better, baseline, resamples=2000)
+    result = paired_difference(better, baseline, resamples=2000)
     assert result.difference == pytest.approx(0.15)
     assert result.low > 0.1 and result.high < 0.2
-    assert result.p_value == pytest.approx(2 / 2001)  # no resample reaches zero
-    reverse = paired_bootstrap(baseline, better, resamples=2000)
+    assert result.p_value == pytest.approx(2 / 2001)  # no random sign flip reaches +15 points
+    reverse = paired_difference(baseline, better, resamples=2000)
     assert reverse.difference == pytest.approx(-0.15) and reverse.p_value == result.p_value
 
 
@@ -97,20 +99,49 @@ def test_pairing_removes_example_difficulty() -> None:
     # Both arms share hard and easy examples; b is a +0.05 shift of a on every example. Unpaired
     # intervals would overlap widely; the paired interval is exactly the shift.
     a = np.random.default_rng(5).random((2, 200))
-    result = paired_bootstrap(a + 0.05, a, resamples=500)
+    result = paired_difference(a + 0.05, a, resamples=500)
     assert result.low == pytest.approx(0.05) and result.high == pytest.approx(0.05)
 
 
-def test_paired_bootstrap_p_value_of_noise_is_large() -> None:
+def test_paired_difference_p_value_of_noise_is_large() -> None:
     a, b = binary(200, 0.5, 6), binary(200, 0.5, 7)
-    result = paired_bootstrap(a, b, resamples=2000)
+    result = paired_difference(a, b, resamples=2000)
     assert result.low < 0 < result.high
     assert result.p_value > 0.05
 
 
+def test_sign_flip_test_is_exact_for_few_examples() -> None:
+    # Brute force: every one of the 2^n sign patterns of the per-example differences (means over
+    # the two seeds), counting those whose |mean| reaches the observed |mean|.
+    differences = np.array([[0.5, -1.0, 2.0, 1.0, np.nan], [1.5, 0.0, 1.0, np.nan, np.nan]])
+    per_example = np.array([1.0, -0.5, 1.5, 1.0])  # the all-NaN example is left out
+    observed = abs(per_example.mean())
+    flips = np.array(np.meshgrid(*[[-1, 1]] * 4)).reshape(4, -1).T
+    at_least = np.abs((flips * per_example).mean(axis=1)) >= observed - 1e-12
+    assert sign_flip_p_value(differences, resamples=1000) == pytest.approx(at_least.mean())
+    # |sum| >= 3 only with 1, 1.5, 1 all of one sign (-0.5 either way): 4 of 16 patterns.
+    assert at_least.mean() == pytest.approx(4 / 16)
+    assert sign_flip_p_value(np.zeros((2, 5))) == 1.0
+    assert math.isnan(sign_flip_p_value(np.full((1, 3), np.nan)))
+
+
+def test_sign_flip_test_pairs_examples_not_seed_cells() -> None:
+    # Seed 0 gains on every example and seed 1 loses as much: the per-example differences are 0.
+    gain = np.ones((1, 50))
+    assert sign_flip_p_value(np.vstack([gain, -gain])) == 1.0
+    assert paired_difference(np.ones((2, 50)), np.zeros((2, 50))).p_value < 0.001
+
+
+def test_holm_against_hand_computed_values() -> None:
+    # Sorted: 0.01 x 4, 0.02 x 3, 0.03 x 2 (0.06), 0.5 x 1; monotone; None stays out.
+    assert holm([0.03, 0.5, None, 0.01, 0.02]) == pytest.approx([0.06, 0.5, None, 0.04, 0.06])
+    assert holm([0.4, 0.6]) == [0.8, 0.8]
+    assert holm([]) == []
+
+
 def test_paired_shapes_must_match() -> None:
     with pytest.raises(ValueError, match="same"):
-        paired_bootstrap(np.zeros((2, 5)), np.zeros((1, 5)))
+        paired_difference(np.zeros((2, 5)), np.zeros((1, 5)))
 
 
 def test_mcnemar_against_a_hand_computed_table() -> None:

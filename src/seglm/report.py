@@ -1,10 +1,14 @@
 """``report.md`` for a runs folder made by ``seglm compare``: tables with honest statistics, and
 figures.
 
-For each (task, model) of the grid, every *arm* (the base model, CE, each loss at each λ) gets
-its exact match and IoU: the mean over seeds and examples with a 95% bootstrap interval, and a
-paired comparison with CE on the same examples (difference, interval, paired-bootstrap p-value,
-McNemar's exact p-value for exact match). Then the paper's headline statistic (relative
+For each (task, model) of the grid, every *arm* (the base model, CE, each loss at each λ, each
+named arm) gets its exact match, IoU and, for log-likelihood scoring, acc and acc_norm: the mean
+over seeds and examples with a 95% bootstrap interval. Each arm is compared, paired on the same
+seeds and examples, with every *baseline* the grid holds: CE over all supervised tokens (the
+method's CE), CE over the answer tokens only, and the weighting control ``λ·CE(all) + (1 − λ)·
+CE(answer)`` (the loss arms' weights with CE in the loss's place): difference, interval, the
+sign-flip permutation test's p-value, Holm-corrected across the arms compared with that
+baseline, and McNemar's exact p-value for exact match. Then the paper's headline statistic (relative
 exact-match gain of the best loss over CE) next to the absolute difference, and figures: exact
 match and IoU per arm, the λ sweep (when several λ ran), error types, training curves per loss
 component, and the ROSCOE × exact match × IoU correlations (when ROSCOE scores exist).
@@ -39,12 +43,14 @@ from seglm.experiments import (
 )
 from seglm.stats import (
     DEFAULT_RESAMPLES,
+    PAIRED_TEST,
     Estimate,
     McNemar,
     PairedDifference,
     bootstrap_mean,
+    holm,
     mcnemar_exact,
-    paired_bootstrap,
+    paired_difference,
     relative_gain,
 )
 
@@ -57,7 +63,11 @@ REPORT_JSON = "report.json"
 FIGURES_DIR = "figures"
 LOG_FILE = "log.jsonl"
 ROSCOE_FILE = "roscoe.jsonl"  # per-example ROSCOE scores, one line per prediction (by id)
-MAIN_METRICS = ("exact_match", "iou")
+# The metrics compared per arm, where a task has them (acc and acc_norm: log-likelihood scoring).
+MAIN_METRICS = ("exact_match", "iou", "acc", "acc_norm")
+# The baselines every arm is compared with, where the grid has them (see ``baseline_roles``).
+CE_ALL, CE_ANSWER, CONTROL = "CE(all)", "CE(answer)", "control"
+BASELINES = (CE_ALL, CE_ANSWER, CONTROL)
 ERROR_TYPES = (
     "missing_steps",
     "extra_steps",
@@ -78,6 +88,8 @@ COMPARED_SETTINGS = (
 LABELS = {
     "exact_match": "exact match",
     "iou": "IoU of reasoning steps",
+    "acc": "acc (log-likelihood)",
+    "acc_norm": "acc_norm (log-likelihood per byte)",
     "missing_steps": "missing steps",
     "extra_steps": "extra steps",
     "repetitions": "repetitions",
@@ -92,11 +104,13 @@ COMPONENT = re.compile(r"^loss_([a-z0-9_]+(?:@[a-z]+)?)$")
 
 @dataclass
 class Arm:
-    """The finished cells of one arm (base, CE, or a loss at a λ) of one task and model."""
+    """The finished cells of one arm (base, CE, a loss at a λ, a named arm) of one task and
+    model; ``spec`` is its loss spec (None for the base model)."""
 
     name: str
     loss: str
     lam: float | None
+    spec: str | None = None
     seeds: list[int | None] = field(default_factory=list)
     values: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> [seeds, examples]
     logs: list[list[dict[str, Any]]] = field(default_factory=list)  # per seed: log events
@@ -111,6 +125,7 @@ class Group:
     model: str
     ids: list[str]
     arms: dict[str, Arm]
+    roles: dict[str, str] = field(default_factory=dict)  # arm name -> baseline it is, if any
 
     @property
     def slug(self) -> str:
@@ -177,13 +192,61 @@ def load_groups(root: Path) -> list[Group]:
             f"{root}: no finished cell (no {METRICS_FILE} in any cell folder); run "
             "`seglm compare` first, or see summary.csv for failed cells"
         )
+    ce_scope = str(read_grid_file(root).get("train", {}).get("ce_scope", "all"))
     by_group: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for cell in cells:
         by_group[(cell.task, cell.model)].append(cell)
-    return [_load_group(root, task, model, members) for (task, model), members in by_group.items()]
+    return [
+        _load_group(root, task, model, members, ce_scope)
+        for (task, model), members in by_group.items()
+    ]
 
 
-def _load_group(root: Path, task: str, model: str, cells: list[Cell]) -> Group:
+def _ce_terms(spec: str, ce_scope: str) -> dict[str, float] | None:
+    """A spec made of CE terms only, as weights per scope (``{"all": 0.6, "answer": 0.4}``);
+    None when another loss takes part."""
+    from seglm.losses import Objective, split_term
+
+    objective = Objective.from_spec(spec, ce_scope=ce_scope)
+    if any(split_term(term)[0] != CE for term in objective.weights):
+        return None
+    return {objective.scope(term): weight for term, weight in objective.weights.items()}
+
+
+def baseline_roles(arms: Sequence[Arm], ce_scope: str) -> dict[str, str]:
+    """Which arms are the baselines: CE(all), CE(answer), and the weighting control
+    ``λ·CE(all) + (1 − λ)·CE(answer)`` (one per λ; each loss arm meets the one at its own λ)."""
+    roles: dict[str, str] = {}
+    for arm in arms:
+        terms = _ce_terms(arm.spec, ce_scope) if arm.spec else None
+        if terms is None:
+            continue
+        if set(terms) == {"all"}:
+            roles.setdefault(arm.name, CE_ALL)
+        elif set(terms) == {"answer"}:
+            roles.setdefault(arm.name, CE_ANSWER)
+        else:
+            roles[arm.name] = CONTROL
+    return roles
+
+
+def ce_all_weight(arm: Arm, ce_scope: str) -> float | None:
+    """λ of an arm: the weight of its CE over all tokens, relative to its total weight."""
+    from seglm.losses import Objective, split_term
+
+    if arm.spec is None:
+        return None
+    objective = Objective.from_spec(arm.spec, ce_scope=ce_scope)
+    total = sum(objective.weights.values())
+    all_ce = sum(
+        weight
+        for term, weight in objective.weights.items()
+        if split_term(term)[0] == CE and objective.scope(term) == "all"
+    )
+    return all_ce / total
+
+
+def _load_group(root: Path, task: str, model: str, cells: list[Cell], ce_scope: str) -> Group:
     folders = [(cell, root / cell.relative_dir) for cell in cells]
     _check_same_evaluation(folders)
     ids: list[str] | None = None
@@ -198,10 +261,15 @@ def _load_group(root: Path, task: str, model: str, cells: list[Cell]) -> Group:
                 f"cells {first.relative_dir} ({len(ids)} examples) and {cell.relative_dir} "
                 f"({len(cell_ids)} examples) evaluated different examples; they cannot be paired"
             )
-        arm = arms.setdefault(cell.arm, Arm(cell.arm, cell.loss, cell.lam))
+        spec = None if cell.is_base else cell.loss_spec
+        arm = arms.setdefault(cell.arm, Arm(cell.arm, cell.loss, cell.lam, spec))
         _add_seed(arm, cell, folder, records)
     assert ids is not None
-    return Group(task, model, ids, dict(sorted(arms.items(), key=lambda item: _arm_order(item[1]))))
+    roles = baseline_roles(list(arms.values()), ce_scope)
+    for arm in arms.values():
+        arm.lam = ce_all_weight(arm, ce_scope) if arm.lam is None and arm.spec else arm.lam
+    ordered = sorted(arms.values(), key=lambda arm: _arm_order(arm, roles))
+    return Group(task, model, ids, {arm.name: arm for arm in ordered}, roles)
 
 
 def _add_seed(arm: Arm, cell: Cell, folder: Path, records: list[dict[str, Any]]) -> None:
@@ -227,14 +295,17 @@ def _number(value: Any) -> float:
     )
 
 
-def _arm_order(arm: Arm) -> tuple[int, str, float]:
-    """base first, then CE, then the losses in the paper's order, λ ascending."""
+def _arm_order(arm: Arm, roles: dict[str, str]) -> tuple[int, str, float]:
+    """base first, then the baselines, then the losses in the paper's order (λ ascending), then
+    the other named arms."""
     from seglm.losses import LOSS_NAMES
 
     if arm.loss == BASE:
         return (0, "", 0.0)
+    if arm.name in roles:
+        return (1 + BASELINES.index(roles[arm.name]), arm.name, arm.lam or 0.0)
     rank = LOSS_NAMES.index(arm.loss) if arm.loss in LOSS_NAMES else len(LOSS_NAMES)
-    return (1 + rank, arm.loss, arm.lam or 0.0)
+    return (1 + len(BASELINES) + rank, arm.loss, arm.lam or 0.0)
 
 
 # -- ROSCOE scores of the predictions ----------------------------------------------------------
@@ -288,18 +359,33 @@ def _questions(folder: Path, data_dir: str | None) -> dict[str, str]:
 
 
 @dataclass
+class Comparison:
+    """An arm against one baseline arm, paired on the same seeds and examples."""
+
+    baseline: str  # the baseline arm's name
+    differences: dict[str, PairedDifference]  # per main metric
+    holm: dict[str, float | None]  # per metric: p corrected across the arms of this baseline
+    mcnemar: McNemar | None  # exact match
+
+
+@dataclass
 class ArmStats:
     arm: str
     seeds: int
     examples: int
     estimates: dict[str, Estimate]  # per main metric
-    versus_ce: dict[str, PairedDifference]  # per main metric; empty for CE itself
-    mcnemar: McNemar | None  # exact match against CE
+    versus: dict[str, Comparison]  # per baseline role (CE(all), ...) other than the arm itself
+
+    @property
+    def versus_ce(self) -> dict[str, PairedDifference]:
+        """The differences from CE over all tokens (the method's CE), per metric."""
+        comparison = self.versus.get(CE_ALL)
+        return comparison.differences if comparison else {}
 
 
 def _paired_rows(arm: Arm, ce: Arm, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The arm's and CE's scores on the same (seed, example) cells: seed s with seed s; the
-    base model (one evaluation) is paired with every CE seed."""
+    """The arm's and the baseline's scores on the same (seed, example) cells: seed s with seed
+    s; the base model (one evaluation) is paired with every seed of the baseline."""
     if metric not in arm.values or metric not in ce.values:
         return None
     if arm.loss == BASE:
@@ -312,29 +398,74 @@ def _paired_rows(arm: Arm, ce: Arm, metric: str) -> tuple[np.ndarray, np.ndarray
     return arm.values[metric][rows], ce.values[metric][ce_rows]
 
 
+def group_metrics(group: Group) -> list[str]:
+    """The main metrics some arm of the group has a value of."""
+    return [
+        metric
+        for metric in MAIN_METRICS
+        if any(
+            metric in arm.values and np.isfinite(arm.values[metric]).any()
+            for arm in group.arms.values()
+        )
+    ]
+
+
+def baseline_for(group: Group, arm: Arm, role: str) -> Arm | None:
+    """The arm ``arm`` is compared with as ``role``; the control is the one at the arm's λ."""
+    candidates = [group.arms[name] for name, found in group.roles.items() if found == role]
+    if role == CONTROL:
+        candidates = [
+            c for c in candidates if arm.lam is not None and math.isclose(c.lam or 0, arm.lam)
+        ]
+    candidates = [c for c in candidates if c is not arm and group.roles.get(arm.name) != role]
+    return candidates[0] if candidates else None
+
+
+def _compare(
+    arm: Arm, baseline: Arm, metrics: Sequence[str], resamples: int, seed: int
+) -> Comparison:
+    pairs = {metric: _paired_rows(arm, baseline, metric) for metric in metrics}
+    differences = {
+        metric: paired_difference(*pair, resamples=resamples, seed=seed)
+        for metric, pair in pairs.items()
+        if pair is not None and np.isfinite(pair[0] - pair[1]).any()
+    }
+    pair = pairs.get("exact_match")
+    mcnemar = None
+    if pair is not None and np.isfinite(pair[0]).all() and np.isfinite(pair[1]).all():
+        mcnemar = mcnemar_exact(*pair)
+    return Comparison(baseline.name, differences, {}, mcnemar)
+
+
 def arm_stats(group: Group, resamples: int, seed: int) -> list[ArmStats]:
-    ce = next((arm for arm in group.arms.values() if arm.loss == CE), None)
+    metrics = group_metrics(group)
     results = []
     for arm in group.arms.values():
         estimates = {
             metric: bootstrap_mean(arm.values[metric], resamples, seed=seed)
-            for metric in MAIN_METRICS
+            for metric in metrics
             if metric in arm.values and np.isfinite(arm.values[metric]).any()
         }
-        versus: dict[str, PairedDifference] = {}
-        mcnemar = None
-        if ce is not None and arm is not ce:
-            pairs = {metric: _paired_rows(arm, ce, metric) for metric in MAIN_METRICS}
-            for metric, pair in pairs.items():
-                if pair is not None and np.isfinite(pair[0] - pair[1]).any():
-                    versus[metric] = paired_bootstrap(*pair, resamples=resamples, seed=seed)
-            pair = pairs["exact_match"]
-            if pair is not None and np.isfinite(pair[0]).all() and np.isfinite(pair[1]).all():
-                mcnemar = mcnemar_exact(*pair)
-        results.append(
-            ArmStats(arm.name, len(arm.seeds), len(group.ids), estimates, versus, mcnemar)
-        )
+        versus = {}
+        for role in BASELINES:
+            baseline = baseline_for(group, arm, role)
+            if baseline is not None:
+                versus[role] = _compare(arm, baseline, metrics, resamples, seed)
+        results.append(ArmStats(arm.name, len(arm.seeds), len(group.ids), estimates, versus))
+    _correct_for_multiple_comparisons(results, metrics)
     return results
+
+
+def _correct_for_multiple_comparisons(results: list[ArmStats], metrics: Sequence[str]) -> None:
+    """Holm across the trained arms compared with one baseline, per baseline and metric (the
+    base model's comparison is shown, not tested)."""
+    for role in BASELINES:
+        family = [s for s in results if role in s.versus and s.arm != BASE]
+        for metric in metrics:
+            found = [s.versus[role].differences.get(metric) for s in family]
+            corrected = holm([d.p_value if d else None for d in found])
+            for member, p_value in zip(family, corrected, strict=True):
+                member.versus[role].holm[metric] = p_value
 
 
 @dataclass
@@ -350,10 +481,10 @@ class Headline:
     p_bonferroni: float | None
 
 
-def headline(stats: list[ArmStats]) -> Headline | None:
-    ce = next((s for s in stats if s.arm.startswith(f"{CE}-")), None)
+def headline(stats: list[ArmStats], roles: dict[str, str]) -> Headline | None:
+    ce = next((s for s in stats if roles.get(s.arm) == CE_ALL), None)
     candidates = [
-        s for s in stats if s is not ce and s.arm != BASE and "exact_match" in s.estimates
+        s for s in stats if s.arm not in roles and s.arm != BASE and "exact_match" in s.estimates
     ]
     if ce is None or "exact_match" not in ce.estimates or not candidates:
         return None
@@ -388,7 +519,10 @@ LOSS_COLOURS = {
     "sadl": "#ff7f0e",
     "gdice": "#2ca02c",
     "lovasz": "#d62728",
+    "dft": "#17becf",
 }
+BASELINE_COLOURS = {CE_ALL: LOSS_COLOURS[CE], CE_ANSWER: "#8c564b", CONTROL: "#e377c2"}
+OTHER_COLOURS = ("#9467bd", "#bcbd22", "#7f7f7f", "#aec7e8")
 
 
 def _colours(group: Group) -> dict[str, Any]:
@@ -398,9 +532,11 @@ def _colours(group: Group) -> dict[str, Any]:
     colours: dict[str, Any] = {}
     by_loss: dict[str, list[Arm]] = defaultdict(list)
     for arm in group.arms.values():
-        by_loss[arm.loss].append(arm)
+        by_loss[group.roles.get(arm.name, arm.loss)].append(arm)
+    others = iter(OTHER_COLOURS * len(by_loss))
     for loss, arms in by_loss.items():
-        base = np.array(to_rgb(LOSS_COLOURS.get(loss, "#9467bd")))
+        colour = BASELINE_COLOURS.get(loss) or LOSS_COLOURS.get(loss) or next(others)
+        base = np.array(to_rgb(colour))
         ordered = sorted(arms, key=lambda arm: -(arm.lam or 0.0))
         for rank, arm in enumerate(ordered):
             lighten = 0.55 * rank / max(1, len(ordered) - 1) if len(ordered) > 1 else 0.0
@@ -466,7 +602,7 @@ def plot_lambda_sweep(group: Group, stats: list[ArmStats], path: Path) -> bool:
     swept = {loss: arms for loss, arms in swept.items() if len(arms) >= 2}
     if not swept:
         return False
-    ce = next((s for s in stats if s.arm.startswith(f"{CE}-")), None)
+    ce = next((s for s in stats if group.roles.get(s.arm) == CE_ALL), None)
     metrics = [m for m in MAIN_METRICS if any(m in s.estimates for s in stats)]
     figure = _figure(4.6 * len(metrics), 4.0)
     for axes, metric in zip(
@@ -696,7 +832,7 @@ def _group_report(group: Group, out: Path, resamples: int, seed: int) -> GroupRe
         path = folder / f"{group.slug}-correlations.png"
         plot_correlations(found, f"ROSCOE × EM × IoU, {group.task} / {group.model}", path)
         figures["correlations"] = path
-    return GroupReport(group, stats, headline(stats), found, figures)
+    return GroupReport(group, stats, headline(stats, group.roles), found, figures)
 
 
 def _percent(value: float | None, signed: bool = False) -> str:
@@ -726,43 +862,69 @@ def _p_text(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-TABLE_HEADER = (
-    "arm",
-    "seeds",
-    "EM % [95% CI]",
-    "IoU % [95% CI]",
-    "ΔEM vs CE (points) [95% CI]",
-    "p (paired bootstrap)",
-    "p (McNemar)",
-    "ΔIoU vs CE (points) [95% CI]",
-    "p (IoU)",
-)
+SHORT = {"exact_match": "EM", "iou": "IoU", "acc": "acc", "acc_norm": "acc_norm"}
 
 
-def table_rows(stats: list[ArmStats]) -> list[list[str]]:
-    """The main table: one row per arm, as text."""
+def estimate_table(group: Group, stats: list[ArmStats]) -> tuple[list[str], list[list[str]]]:
+    """One row per arm: seeds, exact match per seed, each metric's mean with its interval."""
+    metrics = group_metrics(group)
+    header = ["arm", "seeds"]
+    if "exact_match" in metrics:
+        header.append("EM per seed")
+    header += [f"{SHORT[metric]} % [95% CI]" for metric in metrics]
     rows = []
     for s in stats:
-        em, iou = s.versus_ce.get("exact_match"), s.versus_ce.get("iou")
-        rows.append(
-            [
-                s.arm,
-                str(s.seeds),
-                _estimate_text(s.estimates.get("exact_match")),
-                _estimate_text(s.estimates.get("iou")),
-                _difference_text(em),
-                _p_text(em.p_value if em else None),
-                _p_text(s.mcnemar.p_value if s.mcnemar else None),
-                _difference_text(iou),
-                _p_text(iou.p_value if iou else None),
+        arm = group.arms[s.arm]
+        row = [_arm_label(group, s.arm), str(s.seeds)]
+        if "exact_match" in metrics:
+            values = arm.values.get("exact_match")
+            per_seed = np.nanmean(values, axis=1) if values is not None else []
+            row.append(", ".join(_percent(value) for value in per_seed))
+        row += [_estimate_text(s.estimates.get(metric)) for metric in metrics]
+        rows.append(row)
+    return header, rows
+
+
+def comparison_table(
+    group: Group, stats: list[ArmStats], role: str
+) -> tuple[list[str], list[list[str]]] | None:
+    """Every arm against one baseline: per metric the paired difference with its interval, the
+    permutation test's p and its Holm correction; McNemar's p for exact match."""
+    compared = [s for s in stats if role in s.versus]
+    if not compared:
+        return None
+    metrics = group_metrics(group)
+    header = ["arm"]
+    for metric in metrics:
+        header += [f"Δ{SHORT[metric]} (points) [95% CI]", "p", "p Holm"]
+        if metric == "exact_match":
+            header.append("p McNemar")
+    rows = []
+    for s in compared:
+        comparison = s.versus[role]
+        row = [_arm_label(group, s.arm)]
+        for metric in metrics:
+            difference = comparison.differences.get(metric)
+            row += [
+                _difference_text(difference),
+                _p_text(difference.p_value if difference else None),
+                _p_text(comparison.holm.get(metric)),
             ]
-        )
-    return rows
+            if metric == "exact_match":
+                mcnemar = comparison.mcnemar
+                row.append(_p_text(mcnemar.p_value if mcnemar else None))
+        rows.append(row)
+    return header, rows
+
+
+def _arm_label(group: Group, name: str) -> str:
+    role = group.roles.get(name)
+    return f"{name} ({role})" if role and role != name else name
 
 
 def headline_text(result: Headline | None) -> str:
     if result is None:
-        return "No headline statistic: it needs finished CE cells and at least one other loss."
+        return "No headline statistic: it needs finished CE(all) cells and at least one loss arm."
     relative = (
         "undefined (CE's exact match is 0)"
         if result.relative is None
@@ -780,7 +942,7 @@ def headline_text(result: Headline | None) -> str:
         lines.append(
             f"- Absolute difference: **{_percent(absolute.difference, True)} points** "
             f"(95% CI [{_percent(absolute.low, True)}, {_percent(absolute.high, True)}]), "
-            f"paired-bootstrap p = {_p_text(absolute.p_value)}; Bonferroni-corrected for "
+            f"permutation-test p = {_p_text(absolute.p_value)}; Bonferroni-corrected for "
             f"picking the best of {result.compared}: p = {_p_text(result.p_bonferroni)}."
         )
     lines += [
@@ -821,9 +983,11 @@ def render_markdown(report: Report, grid: dict[str, Any], out: Path, resamples: 
         "# seglm report",
         "",
         f"Grid: tasks {', '.join(grid['tasks'])}; models {', '.join(grid['models'])}; losses "
-        f"{', '.join(grid['losses'])}; λ {', '.join(f'{x:g}' for x in grid['lambdas'])}; seeds "
+        f"{', '.join(grid['losses']) or 'none'}; λ {', '.join(f'{x:g}' for x in grid['lambdas'])}"
+        f"{_named_arms_text(grid.get('arms') or {})}; seeds "
         f"{', '.join(map(str, grid['seeds']))}. Evaluation: split `{settings.get('split')}`, "
-        f"{settings.get('limit') or 'all'} examples, greedy decoding.",
+        f"{settings.get('limit') or 'all'} examples, scoring "
+        f"`{settings.get('scoring', 'generate')}` (greedy decoding).",
         "",
         f"Cells: {len(status['finished'])} finished, {len(status['failed'])} failed, "
         f"{len(status['pending'])} pending.",
@@ -833,10 +997,14 @@ def render_markdown(report: Report, grid: dict[str, Any], out: Path, resamples: 
     lines += [
         "",
         "Means are over seeds and examples; 95% intervals come from a bootstrap that resamples "
-        f"seeds and examples ({resamples} resamples). Differences are paired with CE: the same "
-        "seed and the same examples. p-values are two-sided and uncorrected (paired bootstrap; "
-        "McNemar's exact test on exact match, every (seed, example) pair counted). "
-        "docs/experiments.md explains how to read them.",
+        f"seeds and examples ({resamples} resamples). Each arm is compared with every baseline "
+        "the grid holds (CE(all): CE over every supervised token, the method's CE; CE(answer): "
+        "CE over the answer tokens only; control: λ·CE(all) + (1 − λ)·CE(answer), the loss "
+        "arms' weights with CE in the loss's place), paired on the same seeds and examples. "
+        f"p: two-sided {PAIRED_TEST} (each example's difference, averaged over seeds, keeps or "
+        "flips its sign); p Holm: Holm's correction across the trained arms compared with that "
+        "baseline, per metric; p McNemar: McNemar's exact test on exact match, every (seed, "
+        "example) pair counted, uncorrected. docs/experiments.md explains how to read them.",
     ]
     for group_report in report.groups:
         group = group_report.group
@@ -846,7 +1014,13 @@ def render_markdown(report: Report, grid: dict[str, Any], out: Path, resamples: 
             "",
             f"{len(group.ids)} examples per cell.",
             "",
-            _markdown_table(TABLE_HEADER, table_rows(group_report.stats)),
+            _markdown_table(*estimate_table(group, group_report.stats)),
+        ]
+        for role in BASELINES:
+            table = comparison_table(group, group_report.stats, role)
+            if table is not None:
+                lines += ["", f"### Against {role}", "", _markdown_table(*table)]
+        lines += [
             "",
             "### Headline statistic",
             "",
@@ -858,6 +1032,12 @@ def render_markdown(report: Report, grid: dict[str, Any], out: Path, resamples: 
     lines += _overall_headline(report.groups)
     lines += ["", "## Cells", "", _cells_table(report.rows)]
     return "\n".join(lines) + "\n"
+
+
+def _named_arms_text(arms: dict[str, str]) -> str:
+    if not arms:
+        return ""
+    return "; named arms " + ", ".join(f"{name} (`{spec}`)" for name, spec in arms.items())
 
 
 def _overall_headline(groups: Sequence[GroupReport]) -> list[str]:

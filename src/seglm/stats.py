@@ -10,21 +10,30 @@ examples.
 
 A paired comparison of two arms uses the *same* resampled seeds and examples for both (seed s of
 one arm is paired with seed s of the other: same data order, same evaluation set), so the
-difference's interval is not inflated by how hard the examples are. Its p-value is two-sided:
-twice the share of bootstrap differences on the far side of zero. McNemar's exact test compares
+difference's interval is not inflated by how hard the examples are. Its p-value comes from a
+two-sided paired sign-flip permutation test (:data:`PAIRED_TEST`): under the null hypothesis the
+two arms are exchangeable on each example, so each example's difference (its mean over the seeds)
+is as likely positive as negative; the p-value is the share of random sign flips whose mean
+difference is at least as far from zero as the observed one. Examples are the independent units
+(every seed evaluated the same ones), so the seeds' correlation on an example is kept; the
+interval, not the test, carries the seed-to-seed noise. :func:`holm` corrects a family of p-values
+for multiple comparisons (Holm's step-down method). McNemar's exact test compares
 two binary metrics (exact match) on the same (seed, example) pairs: only the discordant pairs
 count, and under the null hypothesis each is equally likely to favour either arm.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, permutation_test
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_CONFIDENCE = 0.95
+PAIRED_TEST = "paired sign-flip permutation test over examples"
 # Bootstrap rows per chunk: bounds memory at chunk x examples floats whatever the resample count.
 _CHUNK = 256
 
@@ -42,7 +51,8 @@ class Estimate:
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Mean of ``a - b`` over paired cells, its bootstrap interval and two-sided p-value."""
+    """Mean of ``a - b`` over paired cells, its bootstrap interval and the two-sided p-value of
+    the sign-flip permutation test (:data:`PAIRED_TEST`)."""
 
     difference: float
     low: float
@@ -133,7 +143,35 @@ def bootstrap_mean(
     return Estimate(_mean(matrix), low, high, matrix.shape[0], matrix.shape[1])
 
 
-def paired_bootstrap(
+def sign_flip_p_value(
+    differences: object, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> float:
+    """Two-sided p-value of the paired sign-flip permutation test on ``differences``
+    ``[seeds, examples]`` (``a - b``; NaN where either arm has no value): each example's mean
+    difference over its seeds keeps or flips its sign at random (all 2^n flips when that is at
+    most ``resamples``). Every difference zero gives 1; no finite difference gives NaN."""
+    matrix = as_matrix(differences, "differences")
+    counts = np.isfinite(matrix).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_example = np.nansum(matrix, axis=0) / counts
+    per_example = per_example[counts > 0]
+    if per_example.size == 0:
+        return float("nan")
+    if not np.any(per_example):
+        return 1.0
+    result = permutation_test(
+        (per_example,),
+        lambda x, axis: np.mean(x, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=resamples,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
+    return float(min(1.0, result.pvalue))
+
+
+def paired_difference(
     a: object,
     b: object,
     resamples: int = DEFAULT_RESAMPLES,
@@ -141,11 +179,8 @@ def paired_bootstrap(
     seed: int = 0,
 ) -> PairedDifference:
     """Mean of ``a - b`` (row s of ``a`` paired with row s of ``b``, column j with column j), its
-    percentile interval and two-sided p-value, resampling the same seeds and examples for both.
-
-    p = min(1, 2 (1 + #{d* on the far side of 0}) / (resamples + 1)), where d* are the bootstrap
-    differences and the far side is the side opposite the observed difference (0 included): the
-    smallest two-sided level at which the percentile interval would exclude zero."""
+    percentile interval, resampling the same seeds and examples for both, and the p-value of the
+    paired sign-flip permutation test (:func:`sign_flip_p_value`)."""
     _check_resampling(resamples, confidence)
     first, second = as_matrix(a, "a"), as_matrix(b, "b")
     if first.shape != second.shape:
@@ -154,17 +189,21 @@ def paired_bootstrap(
             f"{second.shape}"
         )
     differences = first - second  # NaN where either arm has no value
-    samples = bootstrap_means(differences, resamples, seed)
-    low, high = _interval(samples, confidence)
-    observed = _mean(differences)
-    finite = samples[np.isfinite(samples)]
-    if finite.size == 0 or not np.isfinite(observed):
-        p_value = float("nan")
-    else:
-        below, above = int(np.sum(finite <= 0)), int(np.sum(finite >= 0))
-        far = below if observed > 0 else above if observed < 0 else min(below, above)
-        p_value = min(1.0, 2 * (1 + far) / (finite.size + 1))
-    return PairedDifference(observed, low, high, p_value, first.shape[0], first.shape[1])
+    low, high = _interval(bootstrap_means(differences, resamples, seed), confidence)
+    p_value = sign_flip_p_value(differences, resamples, seed)
+    return PairedDifference(_mean(differences), low, high, p_value, first.shape[0], first.shape[1])
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down correction of a family of p-values (None or NaN: not in the family):
+    the k-th smallest of m is multiplied by m - k + 1, and the results made non-decreasing."""
+    family = sorted((p, i) for i, p in enumerate(p_values) if p is not None and math.isfinite(p))
+    corrected: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(family):
+        running = max(running, min(1.0, (len(family) - rank) * p))
+        corrected[index] = running
+    return corrected
 
 
 def mcnemar_exact(a: object, b: object) -> McNemar:

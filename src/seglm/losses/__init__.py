@@ -21,6 +21,7 @@ from .objective import (
     ObjectiveOutput,
     canonical_loss_name,
     parse_loss_spec,
+    split_term,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "lovasz_softmax_loss",
     "parse_loss_spec",
     "self_adjusting_dice_loss",
+    "split_term",
 ]
