@@ -499,7 +499,7 @@ def test_unknown_task_and_bad_arguments(loaded: LoadedModel, tmp_path: Path) -> 
         evaluate(loaded, "arith", "test", tmp_path, limit=0, progress=False)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    with pytest.raises(EvalError, match="task 'jsonl', split 'empty' has no examples"):
+    with pytest.raises(ValueError, match=r"empty\.jsonl: holds no records"):
         evaluate(loaded, "jsonl", "empty", tmp_path, task_options={"path": str(empty)})
 
 

@@ -76,6 +76,7 @@ def add_adapter(model: Any, config: TrainConfig) -> Any:
         return model
     from peft import LoraConfig, get_peft_model
 
+    check_target_modules(model, config.target_modules)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -98,3 +99,25 @@ def adapter_summary(model: Any) -> dict[str, Any]:
     if peft_config:
         summary["target_modules"] = sorted(peft_config["default"].target_modules)
     return summary
+
+
+def check_target_modules(model: Any, names: list[str]) -> None:
+    """Every name in ``target_modules`` must name a module of the model (PEFT accepts a list
+    in which only some names match, and the rest then train nothing)."""
+    if not names or names == [ALL_LINEAR]:
+        return
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    full = {name for name, _ in model.named_modules()}
+    missing = [name for name in names if name not in leaves and name not in full]
+    if missing:
+        linear = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear)
+            }
+        )
+        raise ConfigError(
+            f"field 'target_modules': the model has no module named {', '.join(map(repr, missing))}"
+            f"; its linear layers: {', '.join(linear)} (or {ALL_LINEAR!r})"
+        )

@@ -181,6 +181,12 @@ class TrainConfig:
         ):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(
+                f"field 'lora_dropout' is a probability in [0, 1), got {self.lora_dropout}"
+            )
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ConfigError(f"field 'lora_alpha' must be a number > 0, got {self.lora_alpha}")
         if not (math.isfinite(self.epochs) and self.epochs > 0):
             raise ConfigError(f"field 'epochs' must be a number > 0, got {self.epochs}")
         if self.learning_rate < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
@@ -303,8 +309,23 @@ def _coerce_mapping(value: Any, what: str) -> dict[str, Any]:
         key, sep, raw = str(pair).partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{what} expects key=value, got {pair!r}")
-        mapping[key.strip()] = yaml.safe_load(raw) if raw else ""
+        mapping[key.strip()] = read_value(raw, f"{what}: option {key.strip()!r}")
     return mapping
+
+
+def read_value(text: str, what: str) -> Any:
+    """A ``key=value`` item's value, read as YAML (``3``, ``true``, ``[a, b]``), or a ConfigError
+    naming the option: a value YAML cannot read (``*/``: ``*`` starts a YAML alias) must be
+    quoted."""
+    if not text:
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise ConfigError(
+            f"{what}: cannot read value {text!r} ({problem}); quote it, e.g. '\"{text}\"'"
+        ) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

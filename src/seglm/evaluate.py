@@ -47,6 +47,7 @@ from seglm.metrics import (
     score_prediction,
 )
 from seglm.metrics.exact_match import check_answer_match, reference_answer
+from seglm.runs import folder_problem
 from seglm.tasks import Example, Task, get_task
 from seglm.tasks.base import LETTERS
 from seglm.train import REPORT_FILE as TRAIN_REPORT
@@ -124,6 +125,11 @@ def resolve_model(
         return _adapter_source(path, base=None)
     if adapter is not None:
         return _adapter_source(Path(adapter), base=str(model_ref))
+    from seglm.models import model_name_problem
+
+    problem = model_name_problem(str(model_ref))
+    if problem:
+        raise EvalError(problem)
     # A full fine-tuning checkpoint is a model folder inside its run folder.
     run_config = _parent_run_config(path) if path.is_dir() else None
     return ModelSource(str(model_ref), str(model_ref), None, str(path), run_config)
@@ -264,6 +270,9 @@ class EvalSettings:
 
 def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> None:
     """Create the folder, or check that it holds this evaluation (to resume it)."""
+    problem = folder_problem(out_dir)
+    if problem:
+        raise EvalError(f"output folder: {problem}; choose another output folder")
     settings_file = out_dir / SETTINGS_FILE
     if overwrite:
         for name in (SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE):

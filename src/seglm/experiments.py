@@ -42,6 +42,7 @@ from seglm.config import DTYPES, ConfigError, TrainConfig, check_keys, coerce
 
 # Written last by seglm.evaluate and seglm.train: METRICS_FILE's presence finishes a cell.
 from seglm.evaluate import METRICS_FILE, SCORINGS, write_atomically
+from seglm.runs import folder_problem
 from seglm.train import REPORT_FILE as TRAIN_REPORT
 
 logger = logging.getLogger(__name__)
@@ -578,6 +579,9 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
     """Write grid.json, or check that the folder's grid is compatible and extend its axes
     (more losses, λ or seeds); an incompatible grid is refused naming the differing keys."""
     current = grid.to_dict()
+    problem = folder_problem(root)
+    if problem:
+        raise GridError(f"runs folder: {problem}; choose another --out")
     if not _is_main_process():  # rank 0 checks and writes the folder
         return current
     path = root / GRID_FILE

@@ -93,6 +93,35 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         raise
 
 
+def model_name_problem(name: str) -> str | None:
+    """What is wrong with a model name before anything loads: a folder that does not exist or
+    holds no model, or a typo of an alias; None for an alias, a model folder or a hub id."""
+    import difflib
+
+    aliases = ", ".join(ALIASES)
+    if name.lower() in ALIASES:
+        return None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return None
+        return (
+            f"folder {name!r} holds no model (no config.json); expected a model folder, a seglm "
+            f"run folder, an adapter folder, a hub id or an alias: {aliases}"
+        )
+    if path.exists():
+        return f"model {name!r} is a file; expected a model folder, a hub id or an alias"
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        return f"model folder {name!r} does not exist (aliases: {aliases})"
+    close = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=0.8)
+    if close:
+        return (
+            f"unknown model {name!r}; did you mean {close[0]!r}? (expected a local folder, "
+            f"a hub id or an alias: {aliases})"
+        )
+    return None
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """An alias becomes its converted local folder; anything else (folder or hub id) is returned."""
     alias = ALIASES.get(name_or_path.lower())

@@ -23,7 +23,6 @@ This module imports nothing heavy at import time, so experiments can import it c
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import resource
 import shutil
@@ -42,6 +41,7 @@ from seglm.config import (
     resolve_config,
     write_config,
 )
+from seglm.runs import folder_problem
 
 EVAL_SPLITS: tuple[str, ...] = ("validation", "dev", "val")
 REPORT_FILE = "train_report.json"  # written last: its presence marks a finished run
@@ -149,19 +149,11 @@ def check_task_name(name: str) -> None:
 
 def check_model_name(name: str) -> None:
     """Catch a missing folder or a typo of an alias before going to the hub."""
-    from seglm.models import ALIASES
+    from seglm.models import model_name_problem
 
-    if name.lower() in ALIASES or Path(name).expanduser().exists():
-        return
-    aliases = ", ".join(ALIASES)
-    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
-        raise ConfigError(f"model folder {name!r} does not exist (aliases: {aliases})")
-    close = difflib.get_close_matches(name.lower(), ALIASES, n=1, cutoff=0.8)
-    if close:
-        raise ConfigError(
-            f"unknown model {name!r}; did you mean {close[0]!r}? (expected a local folder, "
-            f"a hub id or an alias: {aliases})"
-        )
+    problem = model_name_problem(name)
+    if problem:
+        raise ConfigError(problem)
 
 
 def load_checked_tokenizer(config: TrainConfig) -> Any:
@@ -178,6 +170,9 @@ def check_run_dir(config: TrainConfig) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     run_dir = config.run_dir
+    problem = folder_problem(run_dir)
+    if problem:
+        raise ConfigError(f"output folder: {problem}; choose a folder with --output-dir")
     has_run = (run_dir / "config.yaml").is_file()
     if config.resume:
         if not has_run:

@@ -293,13 +293,12 @@ def test_zero_weights_are_dropped() -> None:
         ("cross_entropy=1,generalized_dice=2", {"ce": 1.0, "gdice": 2.0}),
         ("focal_loss=0.5,self_adjusting_dice=0.5", {"focal": 0.5, "sadl": 0.5}),
         ("lovasz", {"lovasz": 1.0}),
-        ("ce=0.5,gdice", {"ce": 0.5, "gdice": 1.0}),
         ("ce=0.6,,focal=0.4,", {"ce": 0.6, "focal": 0.4}),
         ("ce=1e-1,sadl=.9", {"ce": 0.1, "sadl": 0.9}),
         ("ce=0.6,ce@answer=0.4", {"ce": 0.6, "ce@answer": 0.4}),
         ("CE@Answer=1", {"ce@answer": 1.0}),
         ("ce@all=0.6,lovasz@answer=0.4", {"ce@all": 0.6, "lovasz": 0.4}),
-        ("focal@all=1,dft", {"focal@all": 1.0, "dft": 1.0}),
+        ("focal@all=1,dft=1", {"focal@all": 1.0, "dft": 1.0}),
     ],
 )
 def test_parse_loss_spec(spec: str, weights: dict[str, float]) -> None:
@@ -318,6 +317,8 @@ def test_parse_loss_spec(spec: str, weights: dict[str, float]) -> None:
         ("ce=0.5,ce@all=0.5", r"'ce' and 'ce@all' are the same term"),
         ("focal=0.5,focal@answer=0.5", r"'focal' appears twice"),
         ("ce=abc", r"weight of 'ce' is not a number: 'abc'"),
+        ("ce=0.5,gdice", r"'gdice' has no weight; in a mixture every term needs one"),
+        ("ce,lovasz", r"'ce' has no weight"),
         ("ce=0.5,cross_entropy=0.5", r"'ce' appears twice"),
         ("", r"names no loss"),
         (" , ", r"names no loss"),

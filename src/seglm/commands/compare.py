@@ -99,10 +99,11 @@ def register(app: typer.Typer) -> None:
         }
         try:
             grid = build_grid(grid_file, overrides, eval_overrides, train or [], preset, arm or [])
+            shard_index = parse_shard(shard)
             if dry_run:
                 print_cells(grid, out)
                 return
-            outcome = run(grid, out, parse_shard(shard), quiet, console)
+            outcome = run(grid, out, shard_index, quiet, console)
         except GridError as error:
             console.print(f"[red]error:[/red] {error}", highlight=False)
             raise typer.Exit(1) from None
@@ -119,8 +120,7 @@ def build_grid(
     arm_items: Sequence[str] = (),
 ) -> Grid:
     """The grid file's values (or the defaults: arith, smollm2-135m-instruct), then the flags."""
-    import yaml
-
+    from seglm.config import ConfigError, read_value
     from seglm.experiments import Grid, GridError, read_grid_values
 
     if grid_file is None:
@@ -140,7 +140,10 @@ def build_grid(
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise GridError(f"--train expects key=value, got {item!r}")
-        train[key.strip()] = yaml.safe_load(text) if text else ""
+        try:
+            train[key.strip()] = read_value(text, f"--train {key.strip()}")
+        except ConfigError as error:
+            raise GridError(str(error)) from None
     if preset is not None:
         train["preset"] = preset
     values["train"] = train

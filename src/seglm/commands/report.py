@@ -55,21 +55,29 @@ LOG_WIDTH = 160
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
-    """The main table of each (task, model), the headline statistic and the report's path."""
+    """The tables of each (task, model) (estimates, then each arm against each baseline), the
+    headline statistic and the report's path."""
     from rich.table import Table
 
-    from seglm.report import TABLE_HEADER, headline_text, table_rows
+    from seglm.report import BASELINES, comparison_table, estimate_table, headline_text
 
     console = console or Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = LOG_WIDTH
     for group_report in report.groups:
-        group = group_report.group
-        table = Table(title=f"{group.task} / {group.model}: {len(group.ids)} examples per cell")
-        for index, name in enumerate(TABLE_HEADER):
-            table.add_column(name, no_wrap=index == 0)
-        for row in table_rows(group_report.stats):
-            table.add_row(*row)
-        console.print(table)
+        group, stats = group_report.group, group_report.stats
+        title = f"{group.task} / {group.model}: {len(group.ids)} examples per cell"
+        tables = [(title, estimate_table(group, stats))]
+        for role in BASELINES:
+            found = comparison_table(group, stats, role)
+            if found is not None:
+                tables.append((f"against {role}", found))
+        for caption, (header, rows) in tables:
+            table = Table(title=caption)
+            for index, name in enumerate(header):
+                table.add_column(name, no_wrap=index == 0)
+            for row in rows:
+                table.add_row(*row)
+            console.print(table)
         console.print(headline_text(group_report.headline).replace("**", "").replace("`", ""))
     console.print(f"report: {report.path}", highlight=False)

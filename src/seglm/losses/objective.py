@@ -90,15 +90,20 @@ def canonical_term(term: str) -> str:
 
 
 def parse_loss_spec(spec: str) -> dict[str, float]:
-    """Parse ``"ce=0.6,lovasz=0.4"`` into weights keyed by term; a bare name means weight 1.
+    """Parse ``"ce=0.6,lovasz=0.4"`` into weights keyed by term; a lone bare name (``"lovasz"``)
+    means weight 1, and a mixture must weigh every term.
 
     A term may carry a scope, ``NAME@all`` or ``NAME@answer``: ``ce=0.6,ce@answer=0.4`` puts
     40% of CE's weight on the answer tokens alone (the weighting control of a comparison)."""
     weights: dict[str, float] = {}
-    for item in (part.strip() for part in spec.split(",")):
-        if not item:
-            continue
+    items = [part.strip() for part in spec.split(",") if part.strip()]
+    for item in items:
         name, sep, value = item.partition("=")
+        if not sep and len(items) > 1:
+            raise ValueError(
+                f"loss spec {spec!r}: {name.strip()!r} has no weight; in a mixture every term "
+                f"needs one (e.g. {name.strip()}=0.4)"
+            )
         key = canonical_term(name)
         try:
             weight = float(value) if sep else 1.0

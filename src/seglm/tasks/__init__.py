@@ -11,7 +11,16 @@ import difflib
 from typing import Any
 
 from .arith import Arith
-from .base import DataError, Example, Loaded, LoadReport, Task, parse_option_text
+from .base import (
+    DataError,
+    Example,
+    Loaded,
+    LoadReport,
+    Task,
+    convert_option,
+    option_types,
+    parse_option_text,
+)
 from .gsm8k import GSM8K
 from .hellaswag import HellaSwag
 from .jsonl import Jsonl
@@ -45,7 +54,18 @@ def get_task(name: str, **options: Any) -> Task:
             f"task {cls.name!r} has no option {', '.join(unknown)}; "
             f"its options: {', '.join(accepted)}"
         )
-    return cls(**options)
+    types = option_types(cls)
+    optional = {option.name for option in dataclasses.fields(cls) if option.default is None}
+    try:
+        typed = {
+            key: value
+            if key not in types or (value is None and key in optional)
+            else convert_option(key, value, types[key])
+            for key, value in options.items()
+        }
+    except ValueError as error:
+        raise ValueError(f"task {cls.name!r}: {error}") from None
+    return cls(**typed)
 
 
 __all__ = [

@@ -283,6 +283,9 @@ class Task:
                     raise
                 report.skip(error)
         report.examples = len(examples)
+        if report.records == 0 and limit != 0:
+            where = report.source or f"task {self.name!r}, split {split!r}"
+            raise DataError(where, None, "holds no records (an empty file?)", "empty")
         if report.skipped:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in report.skipped.items())
             logger.warning(
@@ -376,6 +379,20 @@ def parse_option_text(task_class: type[Task], items: list[str]) -> dict[str, Any
             )
         options[key] = convert_text(key, text, types[key])
     return options
+
+
+def convert_option(key: str, value: Any, kind: type) -> Any:
+    """A task option's value (text from the command line, or a YAML value) as its type, or a
+    ValueError naming the option and what it expects."""
+    if isinstance(value, str):
+        return convert_text(key, value, kind)
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise ValueError(f"option {key} expects {kind.__name__}, got {value!r}")
 
 
 def convert_text(key: str, text: str, kind: type) -> Any:

@@ -100,17 +100,32 @@ def read_file(path: Path, split: str) -> Iterator[Record]:
 
 def read_jsonl(path: Path, split: str) -> Iterator[Record]:
     """JSON Lines: one record per non-blank line, parsed lazily so a bad line names its number."""
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:
         index = 0
-        for line_number, line in enumerate(handle, start=1):
+        for line_number, raw in enumerate(handle, start=1):
+            line = decode_utf8(raw, path, line_number)
             if line.strip():
                 yield Record(f"{path}:{line_number}", split, index, line)
                 index += 1
 
 
+def decode_utf8(raw: bytes, path: Path, line: int = 1) -> str:
+    """Bytes of ``path`` as text; bytes that are not UTF-8 are an error naming file and line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line += raw.count(b"\n", 0, error.start)
+        raise DataError(
+            f"{path}:{line}",
+            None,
+            f"not UTF-8 text (byte {raw[error.start]:#04x}); save the file as UTF-8",
+            "not UTF-8",
+        ) from None
+
+
 def read_json_array(path: Path, split: str) -> Iterator[Record]:
     """A file holding one JSON array of objects; each record names the line it starts on."""
-    text = path.read_text(encoding="utf-8")
+    text = decode_utf8(path.read_bytes(), path)
     decoder = json.JSONDecoder()
     position = skip_space(text, 0)
     if text[position : position + 1] != "[":
