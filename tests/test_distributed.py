@@ -96,3 +96,50 @@ def test_torchrun_runs_seglm_train_on_two_processes(tmp_path: Path) -> None:
     # 2 processes x 2 examples a step: 16 examples are 4 steps an epoch.
     assert [e["epoch"] for e in log_events(run_dir) if "loss" in e] == [0.25, 0.5, 0.75]
     assert (run_dir / "adapter_model.safetensors").is_file()
+
+
+def eval_command(model: Path, out: Path, processes: int) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc_per_node", str(processes)]
+    return [
+        *(launcher if processes > 1 else [sys.executable]), "-m", "seglm", "eval", str(model),
+        "--task", "arith", "--option", "test_size=7", "--max-new-tokens", "6", "--batch-size",
+        "2", "--quiet", "--output-dir", str(out),
+    ]  # fmt: skip
+
+
+def without_timing(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key != "throughput"}
+
+
+def test_evaluation_on_two_processes_equals_one_process(tmp_path: Path) -> None:
+    # 7 examples over 2 ranks (shares of 4 and 3); rank 0 merges and scores. A share left by an
+    # interrupted launch is resumed from, not generated again.
+    model = save_tiny_model(tmp_path / "model")
+    single, double = tmp_path / "one", tmp_path / "two"
+    for out, processes in ((single, 1), (double, 2)):
+        completed = subprocess.run(
+            eval_command(model, out, processes),
+            capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (double / "predictions.jsonl").read_text() == (single / "predictions.jsonl").read_text()
+    one = json.loads((single / "metrics.json").read_text())
+    two = json.loads((double / "metrics.json").read_text())
+    assert without_timing(two) == without_timing(one) and one["n"] == 7
+    assert not list(double.glob("predictions.rank*.jsonl"))
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "eval_config.json").write_text((single / "eval_config.json").read_text())
+    lines = (single / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (resumed / "predictions.rank1.jsonl").write_text("".join(lines[:3]))
+    completed = subprocess.run(
+        eval_command(model, resumed, 2), capture_output=True, text=True, timeout=TIMEOUT_S,
+        check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (resumed / "predictions.jsonl").read_text() == "".join(lines)
+    result = json.loads((resumed / "metrics.json").read_text())
+    assert without_timing(result) == without_timing(one)
+    assert result["throughput"]["examples"] == 4  # the ranks generated only the 4 left

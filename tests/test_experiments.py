@@ -361,8 +361,8 @@ def test_settings_for_one_model_reach_only_its_cells(tmp_path: Path) -> None:
 
 def test_grid_under_a_two_process_launch(tiny_model: Path, tmp_path: Path) -> None:
     # What `accelerate launch -m seglm compare ...` does on several GPUs, here with two CPU
-    # processes (gloo): every cell trains with DDP, rank 0 evaluates and writes, and the ranks
-    # move from cell to cell together.
+    # processes (gloo): every cell trains with DDP, each rank evaluates its share, rank 0 writes,
+    # and the ranks move from cell to cell together.
     out = tmp_path / "runs"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from seglm.config import TrainConfig, load_run_config
+from seglm.distributed import Ranks, current_ranks, gather, together
 from seglm.metrics import (
     ANSWER_FORMATS,
     PredictionsFileError,
@@ -277,6 +278,8 @@ def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> N
     if overwrite:
         for name in (SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE):
             (out_dir / name).unlink(missing_ok=True)
+        for share in out_dir.glob(SHARE_PATTERN):
+            share.unlink()
     if settings_file.is_file():
         try:
             previous = json.loads(settings_file.read_text())
@@ -854,6 +857,16 @@ class Throughput:
     generated_tokens: int = 0
     seconds: float = 0.0
 
+    @classmethod
+    def combined(cls, parts: Sequence[Throughput]) -> Throughput:
+        """Ranks that ran side by side: their examples and tokens add up, the time is the
+        slowest rank's."""
+        return cls(
+            sum(part.examples for part in parts),
+            sum(part.generated_tokens for part in parts),
+            max(part.seconds for part in parts),
+        )
+
     def to_dict(self) -> dict[str, float]:
         seconds = max(self.seconds, 1e-9)
         return {
@@ -1077,40 +1090,104 @@ def evaluate(
         max_new_tokens=None if scoring == "loglik" else new_tokens,
         dtype=dtype,
     )
-    prepare_out_dir(out, settings, overwrite)
-    predictions = out / PREDICTIONS_FILE
-    done = read_predictions(predictions, scoring)
+    # Under a multi-process launch every rank generates its share of the examples into its own
+    # file; rank 0 merges the shares and scores them (seglm.distributed).
+    ranks = current_ranks()
+    together(ranks, lambda: prepare_out_dir(out, settings, overwrite) if ranks.is_main else None)
+    done = read_done_predictions(out, scoring)
     pending = [example for example in examples if example.id not in done]
+    share = pending[ranks.rank :: ranks.world]
+    target = share_file(out, ranks) if ranks.distributed else out / PREDICTIONS_FILE
     throughput = Throughput()
-    if pending:
+
+    def run_share() -> None:
+        nonlocal throughput, loaded
+        if not share:
+            return
         if loaded is None:
             assert source is not None
-            loaded = load_source_model(source, tokenizer, dtype)
-        requests = build_requests(chosen, pending, tokenizer, scoring, pool, num_fewshot, seed)
+            loaded = load_source_model(source, tokenizer, dtype, ranks.device())
+        requests = build_requests(chosen, share, tokenizer, scoring, pool, num_fewshot, seed)
         scorer = Scorer(loaded, chosen, scoring, new_tokens)
         size = batch_size or DEFAULT_BATCH_SIZES.get(scorer.device.type, FALLBACK_BATCH_SIZE)
         label = f"{chosen.name}/{settings.split}"
+        if ranks.distributed:
+            label += f" (rank 0's share of {ranks.world})"
+        total = len(share) if ranks.distributed else len(examples)
         with (
             eval_mode(loaded.model),
-            progress_display(len(examples), label, progress) as update,
+            progress_display(total, label, progress and ranks.is_main) as update,
         ):
-            update(throughput, len(examples) - len(pending))
+            update(throughput, total - len(share))
             throughput = run_batches(
-                requests, size, scorer, lambda records: append_records(predictions, records), update
+                requests, size, scorer, lambda records: append_records(target, records), update
             )
+
+    together(ranks, run_share)
+    throughput = Throughput.combined(gather(ranks, throughput))
     selection = {"limit": limit, "random_subset": random_subset}
     resumed = len(examples) - len(pending)
-    return finish(
-        out,
-        settings,
-        selection,
-        examples,
-        chosen.answer_format,
-        throughput,
-        resumed,
-        roscoe,
-        answer_match,
-    )
+
+    def gather_and_score() -> EvalResult | None:
+        if not ranks.is_main:
+            return None
+        merge_shares(out, scoring)
+        return finish(
+            out,
+            settings,
+            selection,
+            examples,
+            chosen.answer_format,
+            throughput,
+            resumed,
+            roscoe,
+            answer_match,
+        )
+
+    result = together(ranks, gather_and_score)
+    return result if result is not None else read_result(out, resumed)
+
+
+SHARE_PATTERN = "predictions.rank*.jsonl"
+
+
+def share_file(out_dir: Path, ranks: Ranks) -> Path:
+    """Where a rank streams its share of the predictions under a multi-process launch."""
+    return out_dir / f"predictions.rank{ranks.rank}.jsonl"
+
+
+def read_done_predictions(out_dir: Path, scoring: str) -> dict[str, dict[str, Any]]:
+    """The predictions made so far: the predictions file and any rank's share (an interrupted
+    multi-process evaluation resumes from them, whatever the number of processes now)."""
+    done = read_predictions(out_dir / PREDICTIONS_FILE, scoring)
+    for path in sorted(out_dir.glob(SHARE_PATTERN)):
+        for key, record in read_predictions(path, scoring).items():
+            done.setdefault(key, record)
+    return done
+
+
+def merge_shares(out_dir: Path, scoring: str) -> None:
+    """Append the ranks' shares to the predictions file (what it lacks), then remove them."""
+    shares = sorted(out_dir.glob(SHARE_PATTERN))
+    if not shares:
+        return
+    path = out_dir / PREDICTIONS_FILE
+    have = read_predictions(path, scoring)
+    for share in shares:
+        new = [r for key, r in read_predictions(share, scoring).items() if key not in have]
+        append_records(path, new)
+        have.update((record["id"], record) for record in new)
+    for share in shares:
+        share.unlink()
+
+
+def read_result(out_dir: Path, resumed: int) -> EvalResult:
+    """The result rank 0 wrote, for the other ranks."""
+    summary = json.loads((out_dir / METRICS_FILE).read_text())
+    return EvalResult(
+        out_dir, summary["n"], summary["metrics"], summary["counts"], resumed,
+        summary["throughput"],
+    )  # fmt: skip
 
 
 def _check_arguments(

@@ -652,13 +652,13 @@ def run_cell(grid: Grid, cell: Cell, root: Path, progress: bool = True) -> CellO
     try:
         if cell.is_base:
             config = cell_config(grid, Cell(cell.task, cell.model, CE, 1.0, grid.seeds[0]), root)
-            _evaluate_on_main_process(grid, cell.model, folder, config, config.task, progress)
+            _evaluate(grid, cell.model, folder, config, config.task, progress)
         else:
             config = cell_config(grid, cell, root)
             if not (folder / TRAIN_REPORT).is_file():
                 _train(config, progress)
             _barrier()
-            _evaluate_on_main_process(grid, folder, folder, config, None, progress)
+            _evaluate(grid, folder, folder, config, None, progress)
     except Exception as error:  # one failed cell must not stop the grid
         if _is_main_process():
             folder.mkdir(parents=True, exist_ok=True)
@@ -679,7 +679,7 @@ def _train(config: TrainConfig, progress: bool) -> None:
     train(config, progress=progress)
 
 
-def _evaluate_on_main_process(
+def _evaluate(
     grid: Grid,
     model_ref: str | Path,
     folder: Path,
@@ -687,28 +687,25 @@ def _evaluate_on_main_process(
     task: str | None,
     progress: bool,
 ) -> None:
-    """Evaluation is not distributed: rank 0 evaluates while the others wait, so that every
-    process starts the next cell together, whether the evaluation succeeded or not."""
+    """Every rank evaluates its share of the examples and rank 0 writes the results
+    (seglm.evaluate under a multi-process launch); a failure on any rank fails the cell on all,
+    so the ranks start the next cell together."""
     from seglm.evaluate import evaluate  # looked up at call time: tests replace it
 
-    try:
-        if _is_main_process():
-            evaluate(
-                str(model_ref),
-                task,
-                grid.eval.split,
-                folder,
-                task_options=config.task_options if task is not None else None,
-                scoring=grid.eval.scoring,
-                limit=grid.eval.limit,
-                batch_size=grid.eval.batch_size,
-                dtype=grid.eval.dtype,
-                max_new_tokens=grid.eval.max_new_tokens,
-                data_dir=config.data_dir,
-                progress=progress,
-            )
-    finally:
-        _barrier()
+    evaluate(
+        str(model_ref),
+        task,
+        grid.eval.split,
+        folder,
+        task_options=config.task_options if task is not None else None,
+        scoring=grid.eval.scoring,
+        limit=grid.eval.limit,
+        batch_size=grid.eval.batch_size,
+        dtype=grid.eval.dtype,
+        max_new_tokens=grid.eval.max_new_tokens,
+        data_dir=config.data_dir,
+        progress=progress,
+    )
 
 
 @dataclass
