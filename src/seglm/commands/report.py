@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Tables with 95% intervals and paired tests against CE, and figures."""
         from seglm.experiments import GridError
-        from seglm.report import build_report, score_roscoe
+        from seglm.grid_roscoe import score_roscoe
+        from seglm.report import build_report
 
         try:
             if roscoe:

@@ -1,0 +1,61 @@
+"""ROSCOE scores of a grid's predictions, computed once per cell into its roscoe.jsonl (the
+report reads them; it loads no model itself)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from seglm.evaluate import SETTINGS_FILE
+from seglm.experiments import (
+    finished_cells,
+    grid_cells,
+    read_grid_file,
+    read_json,
+)
+from seglm.report.load import ROSCOE_FILE, read_cell_predictions
+
+EMBEDDING_FAMILIES = ("semantic_alignment", "semantic_similarity")
+
+
+def score_roscoe(
+    root: str | Path, families: Sequence[str] = EMBEDDING_FAMILIES, progress: bool = True
+) -> list[Path]:
+    """Score every finished cell's predictions with ROSCOE against their questions, into the
+    cell's roscoe.jsonl (cells that have one are skipped); returns the folders scored.
+
+    The default families need only sentence and token embeddings (all-MiniLM-L6-v2 offline);
+    docs/roscoe.md says which models the others need and what they cost."""
+    from seglm.metrics.roscoe import RoscoeConfig, RoscoeScorer
+
+    root = Path(root)
+    cells = finished_cells(root, grid_cells(read_grid_file(root)))
+    folders = [root / c.relative_dir for c in cells]
+    pending = [folder for folder in folders if not (folder / ROSCOE_FILE).is_file()]
+    if not pending:
+        return []
+    data_dir = read_grid_file(root).get("train", {}).get("data_dir")
+    scorer = RoscoeScorer(RoscoeConfig(families=tuple(families), progress=progress))
+    for folder in pending:
+        records = read_cell_predictions(folder)
+        questions = _questions(folder, data_dir)
+        chains = [{"source": questions[r["id"]], "hypothesis": r["prediction"]} for r in records]
+        scores = scorer.score(chains).scores
+        lines = [
+            json.dumps({"id": r["id"], **s}) + "\n" for r, s in zip(records, scores, strict=True)
+        ]
+        (folder / ROSCOE_FILE).write_text("".join(lines))
+    return pending
+
+
+def _questions(folder: Path, data_dir: str | None) -> dict[str, str]:
+    """Each evaluated example's question (ROSCOE's source), by id, from the evaluated task."""
+    from seglm.tasks import get_task
+
+    settings = read_json(folder / SETTINGS_FILE) or {}
+    # The question does not depend on how the prompt is rendered (a chat template needs a
+    # tokenizer that this does not load).
+    options = {**(settings.get("task_options") or {}), "prompt_style": "plain"}
+    task = get_task(settings["task"], **options)
+    return {e.id: e.source for e in task.load(settings["split"], data_dir=data_dir)}

@@ -1,0 +1,273 @@
+"""Reading a runs folder for the report: the finished cells of each arm, paired by seed and
+example, and which arms are the baselines."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seglm.evaluate import METRICS_FILE, PREDICTIONS_FILE, SETTINGS_FILE
+from seglm.experiments import (
+    BASE,
+    CE,
+    Cell,
+    GridError,
+    finished_cells,
+    grid_cells,
+    model_slug,
+    read_grid_file,
+    read_json,
+)
+
+REPORT_FILE = "report.md"
+REPORT_JSON = "report.json"
+FIGURES_DIR = "figures"
+LOG_FILE = "log.jsonl"
+ROSCOE_FILE = "roscoe.jsonl"  # per-example ROSCOE scores, one line per prediction (by id)
+# The metrics compared per arm, where a task has them (acc and acc_norm: log-likelihood scoring).
+MAIN_METRICS = ("exact_match", "iou", "acc", "acc_norm")
+# The baselines every arm is compared with, where the grid has them (see ``baseline_roles``).
+CE_ALL, CE_ANSWER, CONTROL = "CE(all)", "CE(answer)", "control"
+BASELINES = (CE_ALL, CE_ANSWER, CONTROL)
+ERROR_TYPES = (
+    "missing_steps",
+    "extra_steps",
+    "repetitions",
+    "wrong_operators",
+    "inverted_operands",
+)
+# Evaluation settings that must agree for cells to be compared (the model differs by design).
+COMPARED_SETTINGS = (
+    "task",
+    "task_options",
+    "split",
+    "scoring",
+    "num_fewshot",
+    "max_new_tokens",
+    "dtype",
+)
+LABELS = {
+    "exact_match": "exact match",
+    "iou": "IoU of reasoning steps",
+    "acc": "acc (log-likelihood)",
+    "acc_norm": "acc_norm (log-likelihood per byte)",
+    "missing_steps": "missing steps",
+    "extra_steps": "extra steps",
+    "repetitions": "repetitions",
+    "wrong_operators": "wrong operators",
+    "inverted_operands": "inverted operands",
+}
+COMPONENT = re.compile(r"^loss_([a-z0-9_]+(?:@[a-z]+)?)$")
+
+
+@dataclass
+class Arm:
+    """The finished cells of one arm (base, CE, a loss at a λ, a named arm) of one task and
+    model; ``spec`` is its loss spec (None for the base model)."""
+
+    name: str
+    loss: str
+    lam: float | None
+    spec: str | None = None
+    seeds: list[int | None] = field(default_factory=list)
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> [seeds, examples]
+    logs: list[list[dict[str, Any]]] = field(default_factory=list)  # per seed: log events
+    records: list[dict[str, Any]] = field(default_factory=list)  # per-example scores, pooled
+
+
+@dataclass
+class Group:
+    """Every finished arm of one (task, model), on the same examples."""
+
+    task: str
+    model: str
+    ids: list[str]
+    arms: dict[str, Arm]
+    roles: dict[str, str] = field(default_factory=dict)  # arm name -> baseline it is, if any
+
+    @property
+    def slug(self) -> str:
+        return f"{self.task}-{model_slug(self.model)}"
+
+
+def read_cell_predictions(folder: Path) -> list[dict[str, Any]]:
+    """The evaluated predictions (metrics.json's ``n`` first lines: seglm.evaluate keeps
+    predictions of another selection after them, unscored)."""
+    metrics = read_json(folder / METRICS_FILE) or {}
+    lines = (folder / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return records[: metrics.get("n", len(records))]
+
+
+def _roscoe_scores(record: dict[str, Any], cached: dict[str, Any]) -> dict[str, Any]:
+    """A prediction's ROSCOE scores: in its metrics, under ``roscoe``, or in roscoe.jsonl."""
+    from seglm.metrics.roscoe import SCORE_NAMES
+
+    sources = (
+        record.get("metrics") or {},
+        record.get("roscoe") or {},
+        cached.get(record["id"], {}),
+    )
+    return {name: s[name] for s in sources for name in SCORE_NAMES if s.get(name) is not None}
+
+
+def _read_roscoe_file(folder: Path) -> dict[str, dict[str, Any]]:
+    path = folder / ROSCOE_FILE
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["id"]: row for row in rows}
+
+
+def _read_log(folder: Path) -> list[dict[str, Any]]:
+    path = folder / LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _check_same_evaluation(cells: Sequence[tuple[Cell, Path]]) -> None:
+    """Cells compared on one table must have evaluated the same way."""
+    first_cell, first_folder = cells[0]
+    reference = read_json(first_folder / SETTINGS_FILE) or {}
+    for cell, folder in cells[1:]:
+        settings = read_json(folder / SETTINGS_FILE) or {}
+        for key in COMPARED_SETTINGS:
+            if settings.get(key) != reference.get(key):
+                raise GridError(
+                    f"cells {first_cell.relative_dir} and {cell.relative_dir} were evaluated "
+                    f"differently ({key}: {reference.get(key)!r} vs {settings.get(key)!r}); "
+                    "they cannot be compared"
+                )
+
+
+def load_groups(root: Path) -> list[Group]:
+    """Every (task, model) with at least one finished cell; refuses cells that were evaluated
+    on different examples or settings."""
+    cells = finished_cells(root, grid_cells(read_grid_file(root)))
+    if not cells:
+        raise GridError(
+            f"{root}: no finished cell (no {METRICS_FILE} in any cell folder); run "
+            "`seglm compare` first, or see summary.csv for failed cells"
+        )
+    ce_scope = str(read_grid_file(root).get("train", {}).get("ce_scope", "all"))
+    by_group: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    for cell in cells:
+        by_group[(cell.task, cell.model)].append(cell)
+    return [
+        _load_group(root, task, model, members, ce_scope)
+        for (task, model), members in by_group.items()
+    ]
+
+
+def _ce_terms(spec: str, ce_scope: str) -> dict[str, float] | None:
+    """A spec made of CE terms only, as weights per scope (``{"all": 0.6, "answer": 0.4}``);
+    None when another loss takes part."""
+    from seglm.losses import Objective, split_term
+
+    objective = Objective.from_spec(spec, ce_scope=ce_scope)
+    if any(split_term(term)[0] != CE for term in objective.weights):
+        return None
+    return {objective.scope(term): weight for term, weight in objective.weights.items()}
+
+
+def baseline_roles(arms: Sequence[Arm], ce_scope: str) -> dict[str, str]:
+    """Which arms are the baselines: CE(all), CE(answer), and the weighting control
+    ``λ·CE(all) + (1 − λ)·CE(answer)`` (one per λ; each loss arm meets the one at its own λ)."""
+    roles: dict[str, str] = {}
+    for arm in arms:
+        terms = _ce_terms(arm.spec, ce_scope) if arm.spec else None
+        if terms is None:
+            continue
+        if set(terms) == {"all"}:
+            roles.setdefault(arm.name, CE_ALL)
+        elif set(terms) == {"answer"}:
+            roles.setdefault(arm.name, CE_ANSWER)
+        else:
+            roles[arm.name] = CONTROL
+    return roles
+
+
+def ce_all_weight(arm: Arm, ce_scope: str) -> float | None:
+    """λ of an arm: the weight of its CE over all tokens, relative to its total weight."""
+    from seglm.losses import Objective, split_term
+
+    if arm.spec is None:
+        return None
+    objective = Objective.from_spec(arm.spec, ce_scope=ce_scope)
+    total = sum(objective.weights.values())
+    all_ce = sum(
+        weight
+        for term, weight in objective.weights.items()
+        if split_term(term)[0] == CE and objective.scope(term) == "all"
+    )
+    return all_ce / total
+
+
+def _load_group(root: Path, task: str, model: str, cells: list[Cell], ce_scope: str) -> Group:
+    folders = [(cell, root / cell.relative_dir) for cell in cells]
+    _check_same_evaluation(folders)
+    ids: list[str] | None = None
+    arms: dict[str, Arm] = {}
+    for cell, folder in folders:
+        records = read_cell_predictions(folder)
+        cell_ids = [record["id"] for record in records]
+        if ids is None:
+            ids, first = cell_ids, cell
+        elif cell_ids != ids:
+            raise GridError(
+                f"cells {first.relative_dir} ({len(ids)} examples) and {cell.relative_dir} "
+                f"({len(cell_ids)} examples) evaluated different examples; they cannot be paired"
+            )
+        spec = None if cell.is_base else cell.loss_spec
+        arm = arms.setdefault(cell.arm, Arm(cell.arm, cell.loss, cell.lam, spec))
+        _add_seed(arm, cell, folder, records)
+    assert ids is not None
+    roles = baseline_roles(list(arms.values()), ce_scope)
+    for arm in arms.values():
+        arm.lam = ce_all_weight(arm, ce_scope) if arm.lam is None and arm.spec else arm.lam
+    ordered = sorted(arms.values(), key=lambda arm: _arm_order(arm, roles))
+    return Group(task, model, ids, {arm.name: arm for arm in ordered}, roles)
+
+
+def _add_seed(arm: Arm, cell: Cell, folder: Path, records: list[dict[str, Any]]) -> None:
+    names = {name for record in records for name in record["metrics"]}
+    row_count = len(arm.seeds)
+    for name in names:
+        column = np.array([_number(record["metrics"].get(name)) for record in records])
+        previous = arm.values.get(name, np.full((row_count, len(records)), np.nan))
+        arm.values[name] = np.vstack([previous, column[None, :]])
+    for name in set(arm.values) - names:
+        arm.values[name] = np.vstack([arm.values[name], np.full((1, len(records)), np.nan)])
+    arm.seeds.append(cell.seed)
+    arm.logs.append(_read_log(folder))
+    roscoe = _read_roscoe_file(folder)
+    for record in records:
+        scores = {name: record["metrics"].get(name) for name in MAIN_METRICS}
+        arm.records.append({**scores, **_roscoe_scores(record, roscoe)})
+
+
+def _number(value: Any) -> float:
+    return (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else np.nan
+    )
+
+
+def _arm_order(arm: Arm, roles: dict[str, str]) -> tuple[int, str, float]:
+    """base first, then the baselines, then the losses in the paper's order (λ ascending), then
+    the other named arms."""
+    from seglm.losses import LOSS_NAMES
+
+    if arm.loss == BASE:
+        return (0, "", 0.0)
+    if arm.name in roles:
+        return (1 + BASELINES.index(roles[arm.name]), arm.name, arm.lam or 0.0)
+    rank = LOSS_NAMES.index(arm.loss) if arm.loss in LOSS_NAMES else len(LOSS_NAMES)
+    return (1 + len(BASELINES) + rank, arm.loss, arm.lam or 0.0)
