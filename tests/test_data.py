@@ -165,8 +165,8 @@ def test_report_has_length_statistics_of_the_untruncated_examples() -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"ce_scope": "prompt"}, "ce_scope must be one of all, answer"),
-        ({"overflow": "truncate_answer"}, "overflow must be one of"),
+        ({"ce_scope": "prompt"}, "ce_scope='prompt' is not one of 'all', 'answer'"),
+        ({"overflow": "truncate_answer"}, "overflow='truncate_answer' is not one of"),
         ({"max_length": 1}, "max_length must be at least 2"),
         ({"min_prompt_tokens": 0}, "min_prompt_tokens must be at least 1"),
     ],

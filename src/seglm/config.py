@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from seglm.choices import check_choice
+
 ADAPTERS: tuple[str, ...] = ("lora", "qlora", "full")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16", "auto")
 OVERFLOWS: tuple[str, ...] = ("truncate_prompt", "drop")
@@ -213,10 +215,7 @@ class TrainConfig:
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"field {name!r}: {value!r} is not one of {', '.join(choices)}{hint}")
+    check_choice(name, value, choices, ConfigError)
 
 
 def _check_positive(name: str, value: int) -> None:

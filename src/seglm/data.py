@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
+from seglm.choices import check_choice
 from seglm.config import OVERFLOWS as OVERFLOW_POLICIES
-from seglm.losses.objective import CE_SCOPES
+from seglm.losses import CE_SCOPES
 from seglm.tasks.base import Example
 
 IGNORE_INDEX = -100
@@ -58,12 +59,8 @@ def tokenize_examples(
     min_prompt_tokens: int = 8,
 ) -> TokenizedData:
     """Tokenise examples for training; see the module docstring for the policies."""
-    if ce_scope not in CE_SCOPES:
-        raise ValueError(f"ce_scope must be one of {', '.join(CE_SCOPES)}; got {ce_scope!r}")
-    if overflow not in OVERFLOW_POLICIES:
-        raise ValueError(
-            f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}"
-        )
+    check_choice("ce_scope", ce_scope, CE_SCOPES)
+    check_choice("overflow", overflow, OVERFLOW_POLICIES)
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2; got {max_length}")
     if min_prompt_tokens < 1:

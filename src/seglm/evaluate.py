@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seglm.choices import check_choice
 from seglm.config import TrainConfig, load_run_config
 from seglm.distributed import Ranks, current_ranks, gather, together
 from seglm.metrics import (
@@ -1198,8 +1199,7 @@ def _check_arguments(
     num_fewshot: int,
     max_new_tokens: int | None,
 ) -> None:
-    if scoring not in SCORINGS:
-        raise EvalError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
+    check_choice("scoring", scoring, SCORINGS, EvalError)
     for name, value in (
         ("limit", limit),
         ("batch_size", batch_size),

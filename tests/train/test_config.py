@@ -99,7 +99,7 @@ def test_unknown_override_and_preset_suggest_the_closest_name() -> None:
 def test_bad_values_name_the_field_and_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"line 1: field 'batch_size' expects an integer"):
         resolve_config(write(tmp_path, "batch_size: four\n"))
-    with pytest.raises(ConfigError, match=r"field 'adapter': 'lroa' .* did you mean 'lora'"):
+    with pytest.raises(ConfigError, match=r"adapter='lroa' is not one of .* did you mean 'lora'"):
         resolve_config(overrides={"adapter": "lroa"})
     with pytest.raises(ConfigError, match="field 'batch_size' must be >= 1"):
         TrainConfig(batch_size=0)

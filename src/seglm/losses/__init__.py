@@ -15,6 +15,7 @@ from .dice import (
 from .focal import FocalLoss, focal_loss
 from .lovasz import LovaszSoftmaxLoss, lovasz_softmax_loss
 from .objective import (
+    CE_SCOPES,
     LOSS_NAMES,
     ItemCounts,
     Objective,
@@ -25,6 +26,7 @@ from .objective import (
 )
 
 __all__ = [
+    "CE_SCOPES",
     "LOSS_NAMES",
     "CrossEntropyLoss",
     "DFTLoss",

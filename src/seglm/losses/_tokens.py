@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from seglm.choices import check_choice
+
 Group = Literal["batch", "sequence"]
 GROUPS: tuple[str, ...] = ("batch", "sequence")
 
@@ -28,11 +30,6 @@ def connected_zero(logits: Tensor) -> Tensor:
     inf or NaN. DDP needs the graph connected even when a micro-batch has nothing to learn from.
     """
     return logits.reshape(-1)[:0].to(compute_dtype(logits.dtype)).sum()
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 def check_targets(targets: Tensor, vocab: int, ignore_index: int) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from seglm.choices import check_choice
+
 from ._present import PresentClassProbs, present_class_statistics
-from ._tokens import GROUPS, check_choice, connected_zero, select_valid
+from ._tokens import GROUPS, connected_zero, select_valid
 from .cross_entropy import target_complement, token_mean, valid_token_cross_entropy
 
 WEIGHTINGS: tuple[str, ...] = ("square", "simple", "uniform")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from seglm.choices import check_choice
+
 from ._present import PresentClassProbs
-from ._tokens import GROUPS, check_choice, connected_zero, per_group_mean
+from ._tokens import GROUPS, connected_zero, per_group_mean
 from .dice import valid_present_class_probs
 
 

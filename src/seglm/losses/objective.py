@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seglm.choices import check_choice
+
 from ._present import PresentClassProbs, present_class_layout, present_class_probs
 from ._statistics import row_statistics
-from ._tokens import GROUPS, check_choice, check_targets, connected_zero, group_ids_of
+from ._tokens import GROUPS, check_targets, connected_zero, group_ids_of
 from .cross_entropy import token_mean
 from .dft import dft_from_cross_entropy
 from .dice import (

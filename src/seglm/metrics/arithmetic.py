@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from operator import add, mul, sub
 
 # Limits that no calculator step comes near; they bound the parser's work and recursion depth.
 MAX_TOKENS = 256
@@ -322,24 +324,30 @@ def evaluate(node: Node) -> float:
     if node.operator == NEGATE:
         return -values[0]
     left, right = values
-    return _apply(node.operator, left, right)
+    return BINARY_OPERATIONS[node.operator](left, right)
 
 
-def _apply(operator: str, left: float, right: float) -> float:
-    if operator == "+":
-        return left + right
-    if operator == "-":
-        return left - right
-    if operator == "*":
-        return left * right
-    if operator == "/":
-        return left / right if right != 0 else math.nan
+def _divide(left: float, right: float) -> float:
+    return left / right if right != 0 else math.nan
+
+
+def _power(left: float, right: float) -> float:
     try:
         return math.pow(left, right)
     except OverflowError:
         return math.inf
-    except ValueError:
+    except ValueError:  # a negative number to a fractional power
         return math.nan
+
+
+# What each infix operator computes: the one table the parser and the arith task share.
+BINARY_OPERATIONS: dict[str, Callable[[float, float], float]] = {
+    "+": add,
+    "-": sub,
+    "*": mul,
+    "/": _divide,
+    "^": _power,
+}
 
 
 def render(node: Node) -> str:

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+from seglm.metrics.arithmetic import BINARY_OPERATIONS
+
 from .base import DataDir, LoadReport, Record
 from .gsm8k import GSM8K
 
@@ -74,13 +76,8 @@ class Problem:
 
 
 def apply(operation: str, value: int, operand: int) -> int:
-    if operation == "+":
-        return value + operand
-    if operation == "-":
-        return value - operand
-    if operation == "*":
-        return value * operand
-    return value // operand
+    """One step; the generator draws only divisions that leave no remainder."""
+    return round(BINARY_OPERATIONS[operation](value, operand))
 
 
 @dataclass

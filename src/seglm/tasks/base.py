@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from seglm.choices import check_choice
 from seglm.metrics.exact_match import CHOICE_LETTERS
 
 logger = logging.getLogger(__name__)
@@ -346,11 +347,6 @@ class Task:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
-
-
-def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{option} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def option_types(task_class: type[Task]) -> dict[str, type]:

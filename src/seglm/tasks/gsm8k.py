@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+from seglm.choices import check_choice
 from seglm.metrics.steps import FORMULA
 
 from .base import (
@@ -27,7 +28,6 @@ from .base import (
     LoadReport,
     Record,
     Task,
-    check_choice,
     question_prompt,
     require,
 )

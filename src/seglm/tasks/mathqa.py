@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+from seglm.choices import check_choice
+
 from .base import (
     DataDir,
     DataError,
@@ -33,7 +35,6 @@ from .base import (
     Record,
     SkippedRecord,
     Task,
-    check_choice,
     question_prompt,
     require,
 )
