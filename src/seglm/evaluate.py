@@ -89,10 +89,8 @@ class ModelSource:
     adapter: str | None  # a PEFT adapter folder to apply to ``base``
     tokenizer: str
     run_config: TrainConfig | None = None
-
-    @property
-    def trust_remote_code(self) -> bool:
-        return bool(self.run_config and self.run_config.trust_remote_code)
+    # Only the caller's explicit choice: a run folder is data, never a source of trust.
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -108,11 +106,24 @@ class LoadedModel:
 
 
 def resolve_model(
-    model_ref: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None
+    model_ref: str | os.PathLike[str],
+    adapter: str | os.PathLike[str] | None = None,
+    *,
+    trust_remote_code: bool = False,
 ) -> ModelSource:
     """What ``model_ref`` names: a seglm run folder (``config.yaml`` and weights at its root), an
     adapter folder (``adapter_config.json``, e.g. a run's checkpoint), or a model (alias, hub id,
-    folder), optionally with ``adapter``."""
+    folder), optionally with ``adapter``.
+
+    Custom model code (an ``auto_map`` in the model's config) runs only with
+    ``trust_remote_code``; a run folder's own ``trust_remote_code: true`` is ignored."""
+    source = _resolve_model(model_ref, adapter)
+    return dataclasses.replace(source, trust_remote_code=trust_remote_code)
+
+
+def _resolve_model(
+    model_ref: str | os.PathLike[str], adapter: str | os.PathLike[str] | None
+) -> ModelSource:
     path = Path(model_ref)
     if (path / "config.yaml").is_file() or (path / "adapter_config.json").is_file():
         if adapter is not None:
@@ -186,7 +197,33 @@ def _has_tokenizer(folder: Path) -> bool:
 def load_source_tokenizer(source: ModelSource) -> Any:
     from seglm.models import load_tokenizer
 
-    return load_tokenizer(source.tokenizer, trust_remote_code=source.trust_remote_code)
+    config = source.run_config
+    if config is not None and config.trust_remote_code and not source.trust_remote_code:
+        logger.warning(
+            "%s: the run's config.yaml sets trust_remote_code: true; ignored, since a run folder "
+            "is data: no code from it runs unless you pass --trust-remote-code "
+            "(trust_remote_code=True)",
+            source.name,
+        )
+    with _remote_code_refused(source, source.tokenizer):
+        return load_tokenizer(source.tokenizer, trust_remote_code=source.trust_remote_code)
+
+
+@contextlib.contextmanager
+def _remote_code_refused(source: ModelSource, what: str) -> Iterator[None]:
+    """transformers refuses a model whose config maps it to custom code (``auto_map``) unless
+    trusted; say how seglm lets the user trust it."""
+    try:
+        yield
+    except ValueError as error:
+        if source.trust_remote_code or "trust_remote_code" not in str(error):
+            raise
+        raise EvalError(
+            f"{what} needs custom code (an auto_map in its config) to load, and seglm runs no "
+            "code from a model or run folder on its own (a run folder's trust_remote_code "
+            "setting counts for nothing); read that code, then pass --trust-remote-code "
+            "(trust_remote_code=True) to run it"
+        ) from None
 
 
 def load_source_model(
@@ -195,7 +232,8 @@ def load_source_model(
     """Load the weights ``source`` names; a LoRA adapter is merged (no cost per token)."""
     from seglm.models import load_model
 
-    model = load_model(source.base, dtype=dtype, trust_remote_code=source.trust_remote_code)
+    with _remote_code_refused(source, source.base):
+        model = load_model(source.base, dtype=dtype, trust_remote_code=source.trust_remote_code)
     if source.adapter is not None:
         from peft import PeftModel
 
@@ -211,10 +249,11 @@ def load_for_eval(
     adapter: str | os.PathLike[str] | None = None,
     dtype: str = "fp32",
     device: str | None = None,
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a model (alias, hub id, folder, run folder or adapter folder) to evaluate it on
-    several tasks without loading it again."""
-    source = resolve_model(model_ref, adapter)
+    several tasks without loading it again; ``trust_remote_code`` runs a model's custom code."""
+    source = resolve_model(model_ref, adapter, trust_remote_code=trust_remote_code)
     return load_source_model(source, load_source_tokenizer(source), dtype, device)
 
 
@@ -1013,6 +1052,7 @@ def evaluate(
     progress: bool = True,
     roscoe: Any = None,
     answer_match: str = "seglm",
+    trust_remote_code: bool = False,
 ) -> EvalResult:
     """Evaluate a model on ``split`` of ``task`` and write predictions and metrics to ``out_dir``.
 
@@ -1027,6 +1067,8 @@ def evaluate(
     each generated chain against its question to predictions.jsonl and metrics.json.
     ``answer_match`` ("seglm" or "lm-eval", gsm8k format only) is how exact match reads answers;
     it only scores, so a rerun with another one rescores the predictions already made.
+    ``trust_remote_code`` runs custom model code (an ``auto_map``); nothing in a run folder,
+    its ``config.yaml`` included, turns it on.
     """
     _check_arguments(scoring, limit, random_subset, batch_size, num_fewshot, max_new_tokens)
     from seglm.models import parse_dtype, resolve_dtype
@@ -1039,7 +1081,8 @@ def evaluate(
         run_config, model_name, adapter_name = loaded.run_config, loaded.name, loaded.adapter
         dtype = dtype_name(loaded.model)
     else:
-        source, loaded = resolve_model(model_ref, adapter), None
+        source = resolve_model(model_ref, adapter, trust_remote_code=trust_remote_code)
+        loaded = None
         run_config, model_name, adapter_name = source.run_config, source.name, source.adapter
         parse_dtype(dtype)
         dtype = resolve_dtype(dtype)
@@ -1157,6 +1200,7 @@ def finish(
     resumed: int,
     roscoe: Any = None,
     answer_match: str = "seglm",
+    trust_remote_code: bool = False,
 ) -> EvalResult:
     """Recompute every example's metrics from the predictions file, rewrite it in dataset order
     and write metrics.json."""

@@ -702,6 +702,8 @@ def _evaluate_on_main_process(
                 max_new_tokens=grid.eval.max_new_tokens,
                 data_dir=config.data_dir,
                 progress=progress,
+                # The grid file's setting (what trained the cell), not the folder's config.yaml.
+                trust_remote_code=config.trust_remote_code,
             )
     finally:
         _barrier()

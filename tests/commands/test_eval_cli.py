@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +112,71 @@ def test_run_folder_without_weights(tiny_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", str(run)])
     assert result.exit_code == 1
     assert f"error: run folder {run} has no weights at its root" in result.stderr
+
+
+CUSTOM_CODE = """
+import pathlib
+
+pathlib.Path({marker!r}).write_text("the folder's code ran")
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class CustomConfig(LlamaConfig):
+    model_type = "seglm-test-custom"
+
+
+class CustomModel(LlamaForCausalLM):
+    config_class = CustomConfig
+"""
+
+
+def run_folder_with_custom_code(tiny_dir: Path, run: Path, marker: Path) -> Path:
+    """A full fine-tuning run folder whose model maps to a Python file of its own (auto_map)
+    and whose config.yaml asks for trust_remote_code, as a hostile folder would."""
+    shutil.copytree(tiny_dir, run)
+    model_config = json.loads((run / "config.json").read_text())
+    model_config["model_type"] = "seglm-test-custom"
+    model_config["auto_map"] = {
+        "AutoConfig": "custom.CustomConfig",
+        "AutoModelForCausalLM": "custom.CustomModel",
+    }
+    (run / "config.json").write_text(json.dumps(model_config))
+    (run / "custom.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
+    config = TrainConfig(
+        model=str(tiny_dir), task="arith", adapter="full", trust_remote_code=True,
+        output_dir=str(run),
+    )  # fmt: skip
+    write_config(config, run / "config.yaml")
+    (run / "train_report.json").write_text("{}")
+    return run
+
+
+def test_a_run_folder_cannot_turn_on_its_own_code(
+    tiny_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    marker = tmp_path / "ran.txt"
+    run = run_folder_with_custom_code(tiny_dir, tmp_path / "run", marker)
+    args = ["eval", str(run), *ARITH, "--limit", "1", "--max-new-tokens", "2", "-q"]
+    refused = runner.invoke(app, [*args, "--output-dir", str(tmp_path / "a")])
+    assert refused.exit_code == 1
+    assert not marker.exists()
+    assert caplog.text.count("config.yaml sets trust_remote_code: true; ignored") == 1
+    assert f"error: {run} needs custom code" in refused.stderr
+    assert "pass --trust-remote-code" in refused.stderr
+    # Only the command's flag runs it (transformers copies the code into its modules cache).
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    trusted = runner.invoke(
+        app, [*args, "--output-dir", str(tmp_path / "b"), "--trust-remote-code"]
+    )
+    assert trusted.exit_code == 0, trusted.output
+    assert marker.read_text() == "the folder's code ran"
 
 
 @pytest.mark.parametrize(
