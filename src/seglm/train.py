@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import logging
+import re
 import resource
 import shutil
 import time
@@ -43,8 +45,15 @@ from seglm.config import (
     write_config,
 )
 
+logger = logging.getLogger(__name__)
+
 EVAL_SPLITS: tuple[str, ...] = ("validation", "dev", "val")
 REPORT_FILE = "train_report.json"  # written last: its presence marks a finished run
+CHECKPOINT_NAME = re.compile(r"^checkpoint-([0-9]+)$")
+# The Trainer writes trainer_state.json after the weights, optimiser, scheduler and RNG states.
+CHECKPOINT_STATE = "trainer_state.json"
+# Weights as save_model leaves them: PEFT adapters, full models (sharded or not), FSDP shards.
+CHECKPOINT_WEIGHTS = re.compile(r"^(adapter_model|model|pytorch_model)[.-]|^pytorch_model_fsdp_")
 
 
 @dataclass
@@ -173,10 +182,49 @@ def load_checked_tokenizer(config: TrainConfig) -> Any:
         raise ConfigError(f"model {config.model!r}: cannot load its tokenizer: {error}") from None
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` (``checkpoint-N``) cannot be resumed from (a save cut short), or None."""
+    state_file = folder / CHECKPOINT_STATE
+    if not state_file.is_file():
+        return f"no {CHECKPOINT_STATE}"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as error:
+        return f"{CHECKPOINT_STATE} is not readable JSON ({error})"
+    step = int(CHECKPOINT_NAME.match(folder.name).group(1))  # type: ignore[union-attr]
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        found = state.get("global_step") if isinstance(state, dict) else None
+        return f"{CHECKPOINT_STATE} is at step {found!r}, not {step}"
+    weights = [p for p in folder.iterdir() if CHECKPOINT_WEIGHTS.match(p.name)]
+    if not any(p.is_dir() or p.stat().st_size > 0 for p in weights):
+        return "no weights"
+    return None
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of a run, newest step first."""
+    found = [p for p in run_dir.glob("checkpoint-*") if CHECKPOINT_NAME.match(p.name)]
+    return sorted(
+        (p for p in found if p.is_dir()),
+        key=lambda p: int(p.name.rsplit("-", 1)[1]),
+        reverse=True,
+    )
+
+
+def last_complete_checkpoint(run_dir: Path) -> tuple[str | None, list[str]]:
+    """The newest checkpoint written to the end, and what was skipped for it: the checkpoints
+    after it, each with why (a process killed while saving leaves one incomplete)."""
+    skipped = []
+    for folder in checkpoints(run_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder), skipped
+        skipped.append(f"{folder.name} ({problem})")
+    return None, skipped
+
+
 def check_run_dir(config: TrainConfig) -> str | None:
     """Refuse a folder that holds another run; return the checkpoint to resume from."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     run_dir = config.run_dir
     has_run = (run_dir / "config.yaml").is_file()
     if config.resume:
@@ -188,10 +236,19 @@ def check_run_dir(config: TrainConfig) -> str | None:
                 f"resume: the run in {run_dir} has finished ({REPORT_FILE} is there); "
                 "nothing to resume (--overwrite trains it again)"
             )
-        checkpoint = get_last_checkpoint(str(run_dir))
+        checkpoint, skipped = last_complete_checkpoint(run_dir)
         if checkpoint is None:
+            incomplete = f" (incomplete, cut short while saving: {', '.join(skipped)})"
             raise ConfigError(
-                f"resume: {run_dir} has no checkpoint yet; start again with --overwrite"
+                f"resume: {run_dir} has no complete checkpoint yet{incomplete if skipped else ''}"
+                "; start again with --overwrite"
+            )
+        if skipped:
+            logger.warning(
+                "resume: skipped %s in %s: incomplete, cut short while saving; resuming from %s",
+                ", ".join(skipped),
+                run_dir,
+                Path(checkpoint).name,
             )
         return checkpoint
     if not run_dir.exists() or not any(run_dir.iterdir()):
@@ -231,7 +288,14 @@ def prepare_run_dir(config: TrainConfig, resume_from: str | None) -> None:
         # How this invocation treated the folder is not part of the run.
         write_config(replace(config, overwrite=False, resume=False), run_dir / "config.yaml")
     else:
-        _trim_log(run_dir / "log.jsonl", _checkpoint_step(resume_from))
+        step = _checkpoint_step(resume_from)
+        _trim_log(run_dir / "log.jsonl", step)
+        # What a save cut short left after the checkpoint: nothing in it can be resumed, and the
+        # Trainer would count it among the checkpoints it keeps (save_total_limit).
+        for folder in checkpoints(run_dir):
+            if _checkpoint_step(str(folder)) > step:
+                logger.warning("resume: removing the incomplete %s", folder)
+                shutil.rmtree(folder)
 
 
 def _checkpoint_step(checkpoint: str) -> int:

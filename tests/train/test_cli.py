@@ -79,7 +79,7 @@ def test_resume_takes_no_trust_from_the_run_folder(
     assert "pass --trust-remote-code" in message
     # With the flag it is the user's choice (here: the run has no checkpoint to resume yet).
     trusted = invoke("--resume", "--output-dir", str(run_dir), "--trust-remote-code")
-    assert trusted.exit_code == 1 and "has no checkpoint yet" in trusted.output
+    assert trusted.exit_code == 1 and "has no complete checkpoint yet" in trusted.output
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from seglm.config import ConfigError, load_run_config, resolve_config
-from seglm.train import train
+from seglm.train import checkpoint_problem, train
 from seglm.trainer import NonFiniteLossError
 
 from ._helpers import log_events
@@ -136,6 +140,59 @@ class InterruptAt(TrainerCallback):
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == self.step:
             raise Interrupt
+
+
+KILL_WORKER = Path(__file__).parent / "kill_worker.py"
+
+
+def train_and_kill(config: dict[str, Any], step: int, point: str, folder: Path) -> None:
+    """Train ``config`` in a process of its own and SIGKILL it while it saves checkpoint-STEP."""
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps(config))
+    command = [sys.executable, str(KILL_WORKER), str(config_file), str(step), point]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == -signal.SIGKILL, completed.stderr[-3000:]
+
+
+@pytest.mark.parametrize("point", ["empty", "torn_state"])
+def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(
+    tiny_config: dict[str, Any], tmp_path: Path, point: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = {**tiny_config, "batch_size": 2, "grad_accum": 2, "max_steps": 8}
+    whole = run(config, output_dir=str(tmp_path / "whole"))
+    killed = {**config, "output_dir": str(tmp_path / "killed")}
+    train_and_kill(killed, 6, point, tmp_path)
+    run_dir = tmp_path / "killed"
+    assert checkpoint_problem(run_dir / "checkpoint-4") is None
+    problem = checkpoint_problem(run_dir / "checkpoint-6")
+    if point == "empty":
+        assert problem == "no trainer_state.json"
+    else:
+        assert (run_dir / "checkpoint-6" / "adapter_model.safetensors").is_file()
+        assert problem is not None and problem.startswith("trainer_state.json is not readable")
+    with caplog.at_level(logging.WARNING, logger="seglm.train"):
+        resumed = run(killed, resume=True)
+    assert "resume: skipped checkpoint-6 (" in caplog.text
+    assert "resuming from checkpoint-4" in caplog.text
+    assert resumed.report["resumed_from"].endswith("checkpoint-4")
+    expected, got = adapter(whole.run_dir), adapter(resumed.run_dir)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(got[name], value) for name, value in expected.items())
+    # The step-6 checkpoint was saved again, whole; each step is logged once.
+    assert checkpoint_problem(run_dir / "checkpoint-6") is None
+    assert [e["step"] for e in log_events(run_dir) if "loss" in e] == list(range(1, 9))
+
+
+def test_resume_without_a_complete_checkpoint_says_so(
+    tiny_config: dict[str, Any], tmp_path: Path
+) -> None:
+    train_and_kill({**tiny_config, "max_steps": 4}, 2, "empty", tmp_path)
+    with pytest.raises(ConfigError) as error:
+        run(tiny_config, resume=True)
+    assert "has no complete checkpoint yet (incomplete, cut short while saving: " in str(
+        error.value
+    )
+    assert "checkpoint-2 (no trainer_state.json)); start again with --overwrite" in str(error.value)
 
 
 @pytest.mark.parametrize("group_by_length", [False, True])
