@@ -57,6 +57,7 @@ SCORINGS = ("generate", "loglik", "both")
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 SETTINGS_FILE = "eval_config.json"
+LOCK_FILE = ".seglm-eval.lock"  # flock()ed while an evaluation writes the folder
 LM_EVAL_FEWSHOT_SEED = 1234  # lm-evaluation-harness's default few-shot seed
 FEWSHOT_SPLIT = "train"
 FEWSHOT_DELIMITER = "\n\n"  # lm-evaluation-harness's fewshot_delimiter
@@ -301,6 +302,38 @@ class EvalSettings:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the output folder for one evaluation: an exclusive ``flock`` on ``LOCK_FILE`` in it,
+    so a second evaluation into the folder is refused at once, naming the process that holds
+    it, instead of both appending the same predictions. The kernel drops the lock when the
+    holder exits, however it exits (a stale lock file blocks no one)."""
+    import fcntl
+    import socket
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not said which yet"
+            raise EvalError(
+                f"{out_dir} is in use by another evaluation ({holder}); wait for it to "
+                "finish (a rerun then resumes from its predictions), or choose another "
+                "--output-dir"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> None:
     """Create the folder, or check that it holds this evaluation (to resume it)."""
     settings_file = out_dir / SETTINGS_FILE
@@ -344,7 +377,9 @@ LOGLIK_FIELDS: dict[str, type] = {"context": str, "choices": list, "logliks": li
 
 def read_predictions(path: Path, scoring: str) -> dict[str, dict[str, Any]]:
     """The records in ``path`` by id. A last line cut short by a crash (no newline, not JSON) is
-    dropped from the file with a warning; any other bad line is an error naming it."""
+    dropped from the file with a warning; a line repeating an earlier one for the same id
+    (metrics aside, which are recomputed) is skipped with a warning, and the file rewritten at
+    the end of the evaluation leaves it out; any other bad line is an error naming it."""
     if not path.is_file():
         return {}
     data = path.read_bytes()
@@ -368,13 +403,31 @@ def read_predictions(path: Path, scoring: str) -> dict[str, dict[str, Any]]:
         check_record(record, where, scoring)
         if record["id"] in records:
             first = lines_of[record["id"]]
-            raise PredictionsFileError(f"{where}: id {record['id']!r} is also on line {first}")
+            if _same_prediction(record, records[record["id"]]):
+                logger.warning(
+                    "%s: skipped a duplicate of line %d (id %r, same prediction)",
+                    where,
+                    first,
+                    record["id"],
+                )
+                continue
+            raise PredictionsFileError(
+                f"{where}: id {record['id']!r} is also on line {first}, with another "
+                "prediction; keep one of the two lines, or start again with --overwrite"
+            )
         records[record["id"]] = record
         lines_of[record["id"]] = number
     if data and not data.endswith(b"\n"):
         with path.open("ab") as handle:
             handle.write(b"\n")
     return records
+
+
+def _same_prediction(record: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Two lines for one id that say the same; their metrics are recomputed at the end."""
+    return {k: v for k, v in record.items() if k != "metrics"} == {
+        k: v for k, v in other.items() if k != "metrics"
+    }
 
 
 def check_record(record: Any, where: str, scoring: str) -> None:
@@ -1111,40 +1164,46 @@ def evaluate(
         max_new_tokens=None if scoring == "loglik" else new_tokens,
         dtype=dtype,
     )
-    prepare_out_dir(out, settings, overwrite)
-    predictions = out / PREDICTIONS_FILE
-    done = read_predictions(predictions, scoring)
-    pending = [example for example in examples if example.id not in done]
-    throughput = Throughput()
-    if pending:
-        if loaded is None:
-            assert source is not None
-            loaded = load_source_model(source, tokenizer, dtype)
-        requests = build_requests(chosen, pending, tokenizer, scoring, pool, num_fewshot, seed)
-        scorer = Scorer(loaded, chosen, scoring, new_tokens)
-        size = batch_size or DEFAULT_BATCH_SIZES.get(scorer.device.type, FALLBACK_BATCH_SIZE)
-        label = f"{chosen.name}/{settings.split}"
-        with (
-            eval_mode(loaded.model),
-            progress_display(len(examples), label, progress) as update,
-        ):
-            update(throughput, len(examples) - len(pending))
-            throughput = run_batches(
-                requests, size, scorer, lambda records: append_records(predictions, records), update
-            )
-    selection = {"limit": limit, "random_subset": random_subset}
-    resumed = len(examples) - len(pending)
-    return finish(
-        out,
-        settings,
-        selection,
-        examples,
-        chosen.answer_format,
-        throughput,
-        resumed,
-        roscoe,
-        answer_match,
-    )
+    # Held from the first file written to the last: one evaluation writes a folder at a time.
+    with output_lock(out):
+        prepare_out_dir(out, settings, overwrite)
+        predictions = out / PREDICTIONS_FILE
+        done = read_predictions(predictions, scoring)
+        pending = [example for example in examples if example.id not in done]
+        throughput = Throughput()
+        if pending:
+            if loaded is None:
+                assert source is not None
+                loaded = load_source_model(source, tokenizer, dtype)
+            requests = build_requests(chosen, pending, tokenizer, scoring, pool, num_fewshot, seed)
+            scorer = Scorer(loaded, chosen, scoring, new_tokens)
+            size = batch_size or DEFAULT_BATCH_SIZES.get(scorer.device.type, FALLBACK_BATCH_SIZE)
+            label = f"{chosen.name}/{settings.split}"
+            with (
+                eval_mode(loaded.model),
+                progress_display(len(examples), label, progress) as update,
+            ):
+                update(throughput, len(examples) - len(pending))
+                throughput = run_batches(
+                    requests,
+                    size,
+                    scorer,
+                    lambda records: append_records(predictions, records),
+                    update,
+                )
+        selection = {"limit": limit, "random_subset": random_subset}
+        resumed = len(examples) - len(pending)
+        return finish(
+            out,
+            settings,
+            selection,
+            examples,
+            chosen.answer_format,
+            throughput,
+            resumed,
+            roscoe,
+            answer_match,
+        )
 
 
 def _check_arguments(
