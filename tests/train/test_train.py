@@ -178,6 +178,9 @@ def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(
     expected, got = adapter(whole.run_dir), adapter(resumed.run_dir)
     assert expected.keys() == got.keys()
     assert all(torch.equal(got[name], value) for name, value in expected.items())
+    # The report counts the killed process's 4 steps, as the checkpoint recorded them.
+    assert [s["steps"] for s in resumed.report["sessions"]] == [[0, 4], [4, 8]]
+    assert resumed.metrics["train_loss"] == pytest.approx(whole.metrics["train_loss"], rel=1e-6)
     # The step-6 checkpoint was saved again, whole; each step is logged once.
     assert checkpoint_problem(run_dir / "checkpoint-6") is None
     assert [e["step"] for e in log_events(run_dir) if "loss" in e] == list(range(1, 9))
@@ -225,6 +228,21 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(
     assert [e["step"] for e in logged] == list(range(1, 9))
     expected_losses = [e["loss"] for e in log_events(whole.run_dir) if "loss" in e]
     assert [e["loss"] for e in logged] == pytest.approx(expected_losses, rel=1e-5)
+    # The report covers the whole run, not only the part after the resume.
+    report = json.loads((resumed.run_dir / "train_report.json").read_text())
+    assert report["resumed_from_step"] == 4 and report["global_step"] == 8
+    assert [s["steps"] for s in report["sessions"]] == [[0, 4], [4, 8]]
+    assert [s["steps"] for s in whole.report["sessions"]] == [[0, 8]]
+    assert resumed.metrics["train_loss"] == pytest.approx(whole.metrics["train_loss"], rel=1e-6)
+    first, second = report["sessions"]
+    assert first["train_loss"] == pytest.approx(sum(expected_losses[:4]) / 4, rel=1e-6)
+    assert second["train_loss"] == pytest.approx(sum(expected_losses[4:]) / 4, rel=1e-6)
+    assert min(first["wall_time_s"], first["train_runtime_s"], second["train_runtime_s"]) > 0
+    assert report["wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"])
+    assert report["train_runtime_s"] == pytest.approx(
+        first["train_runtime_s"] + second["train_runtime_s"], abs=2e-3
+    )
+    assert report["steps_per_second"] == pytest.approx(8 / report["train_runtime_s"], rel=1e-2)
 
 
 def test_full_fine_tuning_with_bf16_autocast_and_accumulation(tiny_config: dict[str, Any]) -> None:
