@@ -508,11 +508,15 @@ def test_run_folder_with_lora_adapter(tiny_dir: Path, tokenizer: Any, tmp_path: 
 def test_run_folder_without_weights(tiny_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
     run = make_run_folder(tmp_path / "run", tiny_dir, tokenizer, weights=False)
     (run / "checkpoint-2").mkdir()
+    (run / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (run / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"weights")
+    (run / "checkpoint-4").mkdir()  # a save cut short: not worth suggesting
     with pytest.raises(EvalError) as error:
         evaluate(run, None, "test", tmp_path / "eval", progress=False)
     message = str(error.value)
     assert f"run folder {run} has no weights at its root" in message
-    assert "training has not finished" in message and "checkpoint-2" in message
+    assert "training has not finished" in message
+    assert message.endswith(f"a checkpoint can be evaluated instead, e.g. {run / 'checkpoint-2'}")
 
 
 def test_task_that_does_not_match_the_run(

@@ -50,6 +50,7 @@ from seglm.metrics.exact_match import check_answer_match, reference_answer
 from seglm.tasks import Example, Task, get_task
 from seglm.tasks.base import LETTERS
 from seglm.train import REPORT_FILE as TRAIN_REPORT
+from seglm.train import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +153,9 @@ def _run_folder_source(run_dir: Path) -> ModelSource:
     problem += f"for LoRA or {MODEL_WEIGHTS[0]} for full fine-tuning)"
     if not (run_dir / TRAIN_REPORT).is_file():
         problem += "; its training has not finished (no train_report.json)"
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
-    if checkpoints:
-        problem += f"; a checkpoint can be evaluated instead, e.g. {checkpoints[-1]}"
+    checkpoint, _ = last_complete_checkpoint(run_dir)  # not one a kill cut short while saving
+    if checkpoint is not None:
+        problem += f"; a checkpoint can be evaluated instead, e.g. {checkpoint}"
     raise EvalError(problem)
 
 
