@@ -292,6 +292,24 @@ def test_a_folder_another_evaluation_holds_is_refused_at_once(
     assert evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST).n == 2
 
 
+def test_a_file_system_without_locks_evaluates_with_a_warning(
+    loaded: LoadedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(*args: Any) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="seglm.evaluate"):
+        assert evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST).n == 2
+    assert "cannot lock it ([Errno 37] No locks available); a second evaluation" in caplog.text
+
+
 def test_other_settings_in_the_same_folder_are_refused(loaded: LoadedModel, tmp_path: Path) -> None:
     evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST)
     with pytest.raises(EvalError, match=r"max_new_tokens: 6 -> 7.*--overwrite"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import logging
@@ -324,6 +325,20 @@ def output_lock(out_dir: Path) -> Iterator[None]:
                 "finish (a rerun then resumes from its predictions), or choose another "
                 "--output-dir"
             ) from None
+        except OSError as error:  # a file system without locks (ENOLCK, EOPNOTSUPP)
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            logger.warning(
+                "%s: cannot lock it (%s); a second evaluation into it would not be noticed",
+                out_dir,
+                error,
+            )
+            unlocked = True
+        else:
+            unlocked = False
+        if unlocked:
+            yield
+            return
         try:
             handle.seek(0)
             handle.truncate()
