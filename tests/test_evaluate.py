@@ -249,6 +249,67 @@ def test_bad_line_in_predictions_is_an_error_naming_it(
         evaluate(loaded, "arith", "test", tmp_path, limit=3, **FAST)
 
 
+def test_a_rerun_repairs_duplicate_predictions_that_agree(
+    loaded: LoadedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What two evaluations appending into one folder left before the folder was locked.
+    result = evaluate(loaded, "arith", "test", tmp_path, limit=3, **FAST)
+    text = result.predictions_path.read_text()
+    first, second, third = text.splitlines(keepends=True)
+    stale = json.loads(second)
+    stale["metrics"] = {"exact_match": 1.0}  # metrics are recomputed: they may differ
+    result.predictions_path.write_text(first + second + first + json.dumps(stale) + "\n" + third)
+    rows = count_generated_rows(monkeypatch, loaded.model)
+    with caplog.at_level(logging.WARNING, logger="seglm.evaluate"):
+        evaluate(loaded, "arith", "test", tmp_path, limit=3, **FAST)
+    assert "line 3: skipped a duplicate of line 1 (id 'arith/test/0', same prediction)" in (
+        caplog.text
+    )
+    assert "line 4: skipped a duplicate of line 2" in caplog.text
+    assert not rows  # nothing generated again
+    assert result.predictions_path.read_text() == text
+    # Two different predictions for one id: which one holds is the user's call.
+    other = json.loads(first)
+    other["prediction"] += " and more"
+    result.predictions_path.write_text(text + json.dumps(other) + "\n")
+    message = r"line 4: id 'arith/test/0' is also on line 1, with another prediction; keep one"
+    with pytest.raises(PredictionsFileError, match=message):
+        evaluate(loaded, "arith", "test", tmp_path, limit=3, **FAST)
+
+
+def test_a_folder_another_evaluation_holds_is_refused_at_once(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    with ev.output_lock(tmp_path):
+        with pytest.raises(EvalError, match=r"is in use by another evaluation \(pid [0-9]+ on "):
+            evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST)
+        assert not (tmp_path / "predictions.jsonl").exists()
+    # Released: a lock file left behind (as by a killed process) blocks no one.
+    assert (tmp_path / ev.LOCK_FILE).is_file()
+    assert evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST).n == 2
+
+
+def test_a_file_system_without_locks_evaluates_with_a_warning(
+    loaded: LoadedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(*args: Any) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="seglm.evaluate"):
+        assert evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST).n == 2
+    assert "cannot lock it ([Errno 37] No locks available); a second evaluation" in caplog.text
+
+
 def test_other_settings_in_the_same_folder_are_refused(loaded: LoadedModel, tmp_path: Path) -> None:
     evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST)
     with pytest.raises(EvalError, match=r"max_new_tokens: 6 -> 7.*--overwrite"):
@@ -465,11 +526,15 @@ def test_run_folder_with_lora_adapter(tiny_dir: Path, tokenizer: Any, tmp_path: 
 def test_run_folder_without_weights(tiny_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
     run = make_run_folder(tmp_path / "run", tiny_dir, tokenizer, weights=False)
     (run / "checkpoint-2").mkdir()
+    (run / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (run / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"weights")
+    (run / "checkpoint-4").mkdir()  # a save cut short: not worth suggesting
     with pytest.raises(EvalError) as error:
         evaluate(run, None, "test", tmp_path / "eval", progress=False)
     message = str(error.value)
     assert f"run folder {run} has no weights at its root" in message
-    assert "training has not finished" in message and "checkpoint-2" in message
+    assert "training has not finished" in message
+    assert message.endswith(f"a checkpoint can be evaluated instead, e.g. {run / 'checkpoint-2'}")
 
 
 def test_task_that_does_not_match_the_run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -141,6 +142,44 @@ def test_trained_but_unevaluated_cell_is_only_evaluated(
     (root / "arith" / tiny_model.name / "ce-lam1" / "seed0" / "metrics.json").unlink()
     run_grid(tiny_grid(tiny_model, seeds=[0]), root, progress=False)
     assert len(fakes.trained) == 2 and len(fakes.evaluated) == 3
+
+
+def test_a_cell_killed_while_saving_its_first_checkpoint_starts_again(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kill -9 during a save leaves an empty checkpoint folder: it cannot be resumed from, so
+    # the rerun trains the cell again instead of failing on every rerun.
+    fakes = FakeRuns().install(monkeypatch)
+    calls: list[tuple[bool, bool]] = []
+
+    def train(config: Any, progress: bool = True) -> None:
+        calls.append((config.resume, config.overwrite))
+        fakes.train(config, progress)
+
+    monkeypatch.setattr("seglm.train.train", train)
+    root = tmp_path / "runs"
+    grid = tiny_grid(tiny_model, seeds=[0], losses=["ce"])
+    folder = root / "arith" / tiny_model.name / "ce-lam1" / "seed0"
+
+    def killed_while_saving() -> Path:
+        for name in ("metrics.json", "train_report.json"):
+            (folder / name).unlink()
+        for checkpoint in folder.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+        (folder / "checkpoint-2").mkdir()
+        return folder / "checkpoint-2"
+
+    run_grid(grid, root, progress=False)
+    assert (folder / "config.yaml").is_file()
+    killed_while_saving()
+    run_grid(grid, root, progress=False)
+    assert calls[1:] == [(False, True)]
+    # A complete checkpoint (the Trainer writes trainer_state.json last) is resumed from.
+    checkpoint = killed_while_saving()
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
+    (checkpoint / "adapter_model.safetensors").write_bytes(b"weights")
+    run_grid(grid, root, progress=False)
+    assert calls[1:] == [(False, True), (True, False)]
 
 
 def test_failed_cell_is_recorded_and_the_grid_goes_on(

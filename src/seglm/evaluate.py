@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import logging
@@ -53,6 +54,7 @@ from seglm.runs import folder_problem
 from seglm.tasks import Example, Task, get_task
 from seglm.tasks.base import LETTERS
 from seglm.train import REPORT_FILE as TRAIN_REPORT
+from seglm.train import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ SCORINGS = ("generate", "loglik", "both")
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 SETTINGS_FILE = "eval_config.json"
+LOCK_FILE = ".seglm-eval.lock"  # flock()ed while an evaluation writes the folder
 LM_EVAL_FEWSHOT_SEED = 1234  # lm-evaluation-harness's default few-shot seed
 FEWSHOT_SPLIT = "train"
 FEWSHOT_DELIMITER = "\n\n"  # lm-evaluation-harness's fewshot_delimiter
@@ -92,10 +95,8 @@ class ModelSource:
     adapter: str | None  # a PEFT adapter folder to apply to ``base``
     tokenizer: str
     run_config: TrainConfig | None = None
-
-    @property
-    def trust_remote_code(self) -> bool:
-        return bool(self.run_config and self.run_config.trust_remote_code)
+    # Only the caller's explicit choice: a run folder is data, never a source of trust.
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -111,11 +112,24 @@ class LoadedModel:
 
 
 def resolve_model(
-    model_ref: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None
+    model_ref: str | os.PathLike[str],
+    adapter: str | os.PathLike[str] | None = None,
+    *,
+    trust_remote_code: bool = False,
 ) -> ModelSource:
     """What ``model_ref`` names: a seglm run folder (``config.yaml`` and weights at its root), an
     adapter folder (``adapter_config.json``, e.g. a run's checkpoint), or a model (alias, hub id,
-    folder), optionally with ``adapter``."""
+    folder), optionally with ``adapter``.
+
+    Custom model code (an ``auto_map`` in the model's config) runs only with
+    ``trust_remote_code``; a run folder's own ``trust_remote_code: true`` is ignored."""
+    source = _resolve_model(model_ref, adapter)
+    return dataclasses.replace(source, trust_remote_code=trust_remote_code)
+
+
+def _resolve_model(
+    model_ref: str | os.PathLike[str], adapter: str | os.PathLike[str] | None
+) -> ModelSource:
     path = Path(model_ref)
     if (path / "config.yaml").is_file() or (path / "adapter_config.json").is_file():
         if adapter is not None:
@@ -148,9 +162,9 @@ def _run_folder_source(run_dir: Path) -> ModelSource:
     problem += f"for LoRA or {MODEL_WEIGHTS[0]} for full fine-tuning)"
     if not (run_dir / TRAIN_REPORT).is_file():
         problem += "; its training has not finished (no train_report.json)"
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: p.stat().st_mtime)
-    if checkpoints:
-        problem += f"; a checkpoint can be evaluated instead, e.g. {checkpoints[-1]}"
+    checkpoint, _ = last_complete_checkpoint(run_dir)  # not one a kill cut short while saving
+    if checkpoint is not None:
+        problem += f"; a checkpoint can be evaluated instead, e.g. {checkpoint}"
     raise EvalError(problem)
 
 
@@ -194,7 +208,33 @@ def _has_tokenizer(folder: Path) -> bool:
 def load_source_tokenizer(source: ModelSource) -> Any:
     from seglm.models import load_tokenizer
 
-    return load_tokenizer(source.tokenizer, trust_remote_code=source.trust_remote_code)
+    config = source.run_config
+    if config is not None and config.trust_remote_code and not source.trust_remote_code:
+        logger.warning(
+            "%s: the run's config.yaml sets trust_remote_code: true; ignored, since a run folder "
+            "is data: no code from it runs unless you pass --trust-remote-code "
+            "(trust_remote_code=True)",
+            source.name,
+        )
+    with _remote_code_refused(source, source.tokenizer):
+        return load_tokenizer(source.tokenizer, trust_remote_code=source.trust_remote_code)
+
+
+@contextlib.contextmanager
+def _remote_code_refused(source: ModelSource, what: str) -> Iterator[None]:
+    """transformers refuses a model whose config maps it to custom code (``auto_map``) unless
+    trusted; say how seglm lets the user trust it."""
+    try:
+        yield
+    except ValueError as error:
+        if source.trust_remote_code or "trust_remote_code" not in str(error):
+            raise
+        raise EvalError(
+            f"{what} needs custom code (an auto_map in its config) to load, and seglm runs no "
+            "code from a model or run folder on its own (a run folder's trust_remote_code "
+            "setting counts for nothing); read that code, then pass --trust-remote-code "
+            "(trust_remote_code=True) to run it"
+        ) from None
 
 
 def load_source_model(
@@ -203,7 +243,8 @@ def load_source_model(
     """Load the weights ``source`` names; a LoRA adapter is merged (no cost per token)."""
     from seglm.models import load_model
 
-    model = load_model(source.base, dtype=dtype, trust_remote_code=source.trust_remote_code)
+    with _remote_code_refused(source, source.base):
+        model = load_model(source.base, dtype=dtype, trust_remote_code=source.trust_remote_code)
     if source.adapter is not None:
         from peft import PeftModel
 
@@ -219,10 +260,11 @@ def load_for_eval(
     adapter: str | os.PathLike[str] | None = None,
     dtype: str = "fp32",
     device: str | None = None,
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a model (alias, hub id, folder, run folder or adapter folder) to evaluate it on
-    several tasks without loading it again."""
-    source = resolve_model(model_ref, adapter)
+    several tasks without loading it again; ``trust_remote_code`` runs a model's custom code."""
+    source = resolve_model(model_ref, adapter, trust_remote_code=trust_remote_code)
     return load_source_model(source, load_source_tokenizer(source), dtype, device)
 
 
@@ -268,6 +310,52 @@ class EvalSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the output folder for one evaluation: an exclusive ``flock`` on ``LOCK_FILE`` in it,
+    so a second evaluation into the folder is refused at once, naming the process that holds
+    it, instead of both appending the same predictions. The kernel drops the lock when the
+    holder exits, however it exits (a stale lock file blocks no one)."""
+    import fcntl
+    import socket
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not said which yet"
+            raise EvalError(
+                f"{out_dir} is in use by another evaluation ({holder}); wait for it to "
+                "finish (a rerun then resumes from its predictions), or choose another "
+                "--output-dir"
+            ) from None
+        except OSError as error:  # a file system without locks (ENOLCK, EOPNOTSUPP)
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            logger.warning(
+                "%s: cannot lock it (%s); a second evaluation into it would not be noticed",
+                out_dir,
+                error,
+            )
+            unlocked = True
+        else:
+            unlocked = False
+        if unlocked:
+            yield
+            return
+        try:
+            handle.seek(0)
+            handle.truncate()
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> None:
@@ -318,7 +406,9 @@ LOGLIK_FIELDS: dict[str, type] = {"context": str, "choices": list, "logliks": li
 
 def read_predictions(path: Path, scoring: str) -> dict[str, dict[str, Any]]:
     """The records in ``path`` by id. A last line cut short by a crash (no newline, not JSON) is
-    dropped from the file with a warning; any other bad line is an error naming it."""
+    dropped from the file with a warning; a line repeating an earlier one for the same id
+    (metrics aside, which are recomputed) is skipped with a warning, and the file rewritten at
+    the end of the evaluation leaves it out; any other bad line is an error naming it."""
     if not path.is_file():
         return {}
     data = path.read_bytes()
@@ -342,13 +432,31 @@ def read_predictions(path: Path, scoring: str) -> dict[str, dict[str, Any]]:
         check_record(record, where, scoring)
         if record["id"] in records:
             first = lines_of[record["id"]]
-            raise PredictionsFileError(f"{where}: id {record['id']!r} is also on line {first}")
+            if _same_prediction(record, records[record["id"]]):
+                logger.warning(
+                    "%s: skipped a duplicate of line %d (id %r, same prediction)",
+                    where,
+                    first,
+                    record["id"],
+                )
+                continue
+            raise PredictionsFileError(
+                f"{where}: id {record['id']!r} is also on line {first}, with another "
+                "prediction; keep one of the two lines, or start again with --overwrite"
+            )
         records[record["id"]] = record
         lines_of[record["id"]] = number
     if data and not data.endswith(b"\n"):
         with path.open("ab") as handle:
             handle.write(b"\n")
     return records
+
+
+def _same_prediction(record: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Two lines for one id that say the same; their metrics are recomputed at the end."""
+    return {k: v for k, v in record.items() if k != "metrics"} == {
+        k: v for k, v in other.items() if k != "metrics"
+    }
 
 
 def check_record(record: Any, where: str, scoring: str) -> None:
@@ -1036,6 +1144,7 @@ def evaluate(
     progress: bool = True,
     roscoe: Any = None,
     answer_match: str = "seglm",
+    trust_remote_code: bool = False,
 ) -> EvalResult:
     """Evaluate a model on ``split`` of ``task`` and write predictions and metrics to ``out_dir``.
 
@@ -1050,6 +1159,8 @@ def evaluate(
     each generated chain against its question to predictions.jsonl and metrics.json.
     ``answer_match`` ("seglm" or "lm-eval", gsm8k format only) is how exact match reads answers;
     it only scores, so a rerun with another one rescores the predictions already made.
+    ``trust_remote_code`` runs custom model code (an ``auto_map``); nothing in a run folder,
+    its ``config.yaml`` included, turns it on.
     """
     _check_arguments(scoring, limit, random_subset, batch_size, num_fewshot, max_new_tokens)
     from seglm.models import parse_dtype, resolve_dtype
@@ -1062,7 +1173,8 @@ def evaluate(
         run_config, model_name, adapter_name = loaded.run_config, loaded.name, loaded.adapter
         dtype = dtype_name(loaded.model)
     else:
-        source, loaded = resolve_model(model_ref, adapter), None
+        source = resolve_model(model_ref, adapter, trust_remote_code=trust_remote_code)
+        loaded = None
         run_config, model_name, adapter_name = source.run_config, source.name, source.adapter
         parse_dtype(dtype)
         dtype = resolve_dtype(dtype)
@@ -1092,60 +1204,68 @@ def evaluate(
         dtype=dtype,
     )
     # Under a multi-process launch every rank generates its share of the examples into its own
-    # file; rank 0 merges the shares and scores them (seglm.distributed).
+    # file; rank 0 holds the folder (one evaluation writes it at a time), merges the shares and
+    # scores them (seglm.distributed).
     ranks = current_ranks()
-    together(ranks, lambda: prepare_out_dir(out, settings, overwrite) if ranks.is_main else None)
-    done = read_done_predictions(out, scoring)
-    pending = [example for example in examples if example.id not in done]
-    share = pending[ranks.rank :: ranks.world]
-    target = share_file(out, ranks) if ranks.distributed else out / PREDICTIONS_FILE
-    throughput = Throughput()
+    with contextlib.ExitStack() as held:
 
-    def run_share() -> None:
-        nonlocal throughput, loaded
-        if not share:
-            return
-        if loaded is None:
-            assert source is not None
-            loaded = load_source_model(source, tokenizer, dtype, ranks.device())
-        requests = build_requests(chosen, share, tokenizer, scoring, pool, num_fewshot, seed)
-        scorer = Scorer(loaded, chosen, scoring, new_tokens)
-        size = batch_size or DEFAULT_BATCH_SIZES.get(scorer.device.type, FALLBACK_BATCH_SIZE)
-        label = f"{chosen.name}/{settings.split}"
-        if ranks.distributed:
-            label += f" (rank 0's share of {ranks.world})"
-        total = len(share) if ranks.distributed else len(examples)
-        with (
-            eval_mode(loaded.model),
-            progress_display(total, label, progress and ranks.is_main) as update,
-        ):
-            update(throughput, total - len(share))
-            throughput = run_batches(
-                requests, size, scorer, lambda records: append_records(target, records), update
+        def prepare() -> None:
+            if ranks.is_main:
+                held.enter_context(output_lock(out))
+                prepare_out_dir(out, settings, overwrite)
+
+        together(ranks, prepare)
+        done = read_done_predictions(out, scoring)
+        pending = [example for example in examples if example.id not in done]
+        share = pending[ranks.rank :: ranks.world]
+        target = share_file(out, ranks) if ranks.distributed else out / PREDICTIONS_FILE
+        throughput = Throughput()
+
+        def run_share() -> None:
+            nonlocal throughput, loaded
+            if not share:
+                return
+            if loaded is None:
+                assert source is not None
+                loaded = load_source_model(source, tokenizer, dtype, ranks.device())
+            requests = build_requests(chosen, share, tokenizer, scoring, pool, num_fewshot, seed)
+            scorer = Scorer(loaded, chosen, scoring, new_tokens)
+            size = batch_size or DEFAULT_BATCH_SIZES.get(scorer.device.type, FALLBACK_BATCH_SIZE)
+            label = f"{chosen.name}/{settings.split}"
+            if ranks.distributed:
+                label += f" (rank 0's share of {ranks.world})"
+            total = len(share) if ranks.distributed else len(examples)
+            with (
+                eval_mode(loaded.model),
+                progress_display(total, label, progress and ranks.is_main) as update,
+            ):
+                update(throughput, total - len(share))
+                throughput = run_batches(
+                    requests, size, scorer, lambda records: append_records(target, records), update
+                )
+
+        together(ranks, run_share)
+        throughput = Throughput.combined(gather(ranks, throughput))
+        selection = {"limit": limit, "random_subset": random_subset}
+        resumed = len(examples) - len(pending)
+
+        def gather_and_score() -> EvalResult | None:
+            if not ranks.is_main:
+                return None
+            merge_shares(out, scoring)
+            return finish(
+                out,
+                settings,
+                selection,
+                examples,
+                chosen.answer_format,
+                throughput,
+                resumed,
+                roscoe,
+                answer_match,
             )
 
-    together(ranks, run_share)
-    throughput = Throughput.combined(gather(ranks, throughput))
-    selection = {"limit": limit, "random_subset": random_subset}
-    resumed = len(examples) - len(pending)
-
-    def gather_and_score() -> EvalResult | None:
-        if not ranks.is_main:
-            return None
-        merge_shares(out, scoring)
-        return finish(
-            out,
-            settings,
-            selection,
-            examples,
-            chosen.answer_format,
-            throughput,
-            resumed,
-            roscoe,
-            answer_match,
-        )
-
-    result = together(ranks, gather_and_score)
+        result = together(ranks, gather_and_score)
     return result if result is not None else read_result(out, resumed)
 
 
@@ -1243,6 +1363,7 @@ def finish(
     resumed: int,
     roscoe: Any = None,
     answer_match: str = "seglm",
+    trust_remote_code: bool = False,
 ) -> EvalResult:
     """Recompute every example's metrics from the predictions file, rewrite it in dataset order
     and write metrics.json."""

@@ -669,12 +669,13 @@ def run_cell(grid: Grid, cell: Cell, root: Path, progress: bool = True) -> CellO
 
 
 def _train(config: TrainConfig, progress: bool) -> None:
-    from seglm.train import train
+    from seglm.train import last_complete_checkpoint, train
 
     folder = config.run_dir
     if (folder / "config.yaml").is_file():
-        # An interrupted attempt: continue from its last checkpoint, or start it again.
-        has_checkpoint = any(folder.glob("checkpoint-*"))
+        # An interrupted attempt: continue from its last complete checkpoint (a kill while
+        # saving leaves an incomplete one), or start it again.
+        has_checkpoint = last_complete_checkpoint(folder)[0] is not None
         config = dataclasses.replace(config, resume=has_checkpoint, overwrite=not has_checkpoint)
     train(config, progress=progress)
 
@@ -705,6 +706,8 @@ def _evaluate(
         max_new_tokens=grid.eval.max_new_tokens,
         data_dir=config.data_dir,
         progress=progress,
+        # The grid file's setting (what trained the cell), not the folder's config.yaml.
+        trust_remote_code=config.trust_remote_code,
     )
 
 

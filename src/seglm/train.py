@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
 import resource
 import shutil
 import time
@@ -43,8 +45,15 @@ from seglm.config import (
 )
 from seglm.runs import folder_problem
 
+logger = logging.getLogger(__name__)
+
 EVAL_SPLITS: tuple[str, ...] = ("validation", "dev", "val")
 REPORT_FILE = "train_report.json"  # written last: its presence marks a finished run
+CHECKPOINT_NAME = re.compile(r"^checkpoint-([0-9]+)$")
+# The Trainer writes trainer_state.json after the weights, optimiser, scheduler and RNG states.
+CHECKPOINT_STATE = "trainer_state.json"
+# Weights as save_model leaves them: PEFT adapters, full models (sharded or not), FSDP shards.
+CHECKPOINT_WEIGHTS = re.compile(r"^(adapter_model|model|pytorch_model)[.-]|^pytorch_model_fsdp_")
 
 
 @dataclass
@@ -165,10 +174,49 @@ def load_checked_tokenizer(config: TrainConfig) -> Any:
         raise ConfigError(f"model {config.model!r}: cannot load its tokenizer: {error}") from None
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` (``checkpoint-N``) cannot be resumed from (a save cut short), or None."""
+    state_file = folder / CHECKPOINT_STATE
+    if not state_file.is_file():
+        return f"no {CHECKPOINT_STATE}"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as error:
+        return f"{CHECKPOINT_STATE} is not readable JSON ({error})"
+    step = int(CHECKPOINT_NAME.match(folder.name).group(1))  # type: ignore[union-attr]
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        found = state.get("global_step") if isinstance(state, dict) else None
+        return f"{CHECKPOINT_STATE} is at step {found!r}, not {step}"
+    weights = [p for p in folder.iterdir() if CHECKPOINT_WEIGHTS.match(p.name)]
+    if not any(p.is_dir() or p.stat().st_size > 0 for p in weights):
+        return "no weights"
+    return None
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of a run, newest step first."""
+    found = [p for p in run_dir.glob("checkpoint-*") if CHECKPOINT_NAME.match(p.name)]
+    return sorted(
+        (p for p in found if p.is_dir()),
+        key=lambda p: int(p.name.rsplit("-", 1)[1]),
+        reverse=True,
+    )
+
+
+def last_complete_checkpoint(run_dir: Path) -> tuple[str | None, list[str]]:
+    """The newest checkpoint written to the end, and what was skipped for it: the checkpoints
+    after it, each with why (a process killed while saving leaves one incomplete)."""
+    skipped = []
+    for folder in checkpoints(run_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder), skipped
+        skipped.append(f"{folder.name} ({problem})")
+    return None, skipped
+
+
 def check_run_dir(config: TrainConfig) -> str | None:
     """Refuse a folder that holds another run; return the checkpoint to resume from."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     run_dir = config.run_dir
     problem = folder_problem(run_dir)
     if problem:
@@ -183,10 +231,19 @@ def check_run_dir(config: TrainConfig) -> str | None:
                 f"resume: the run in {run_dir} has finished ({REPORT_FILE} is there); "
                 "nothing to resume (--overwrite trains it again)"
             )
-        checkpoint = get_last_checkpoint(str(run_dir))
+        checkpoint, skipped = last_complete_checkpoint(run_dir)
         if checkpoint is None:
+            incomplete = f" (incomplete, cut short while saving: {', '.join(skipped)})"
             raise ConfigError(
-                f"resume: {run_dir} has no checkpoint yet; start again with --overwrite"
+                f"resume: {run_dir} has no complete checkpoint yet{incomplete if skipped else ''}"
+                "; start again with --overwrite"
+            )
+        if skipped:
+            logger.warning(
+                "resume: skipped %s in %s: incomplete, cut short while saving; resuming from %s",
+                ", ".join(skipped),
+                run_dir,
+                Path(checkpoint).name,
             )
         return checkpoint
     if not run_dir.exists() or not any(run_dir.iterdir()):
@@ -226,7 +283,14 @@ def prepare_run_dir(config: TrainConfig, resume_from: str | None) -> None:
         # How this invocation treated the folder is not part of the run.
         write_config(replace(config, overwrite=False, resume=False), run_dir / "config.yaml")
     else:
-        _trim_log(run_dir / "log.jsonl", _checkpoint_step(resume_from))
+        step = _checkpoint_step(resume_from)
+        _trim_log(run_dir / "log.jsonl", step)
+        # What a save cut short left after the checkpoint: nothing in it can be resumed, and the
+        # Trainer would count it among the checkpoints it keeps (save_total_limit).
+        for folder in checkpoints(run_dir):
+            if _checkpoint_step(str(folder)) > step:
+                logger.warning("resume: removing the incomplete %s", folder)
+                shutil.rmtree(folder)
 
 
 def _checkpoint_step(checkpoint: str) -> int:
@@ -449,6 +513,7 @@ def _fit(
     started = time.perf_counter()
     _reset_peak_rss()
     set_seed(config.seed)
+    progress = run_progress_callback(started)
     model = add_adapter(load_base_model(config, args.local_process_index), config)
     trainer = SegLMTrainer(
         model=model,
@@ -459,8 +524,9 @@ def _fit(
         processing_class=tokenizer,
         objective=objective,
         fused_loss=config.fused_loss,
-        callbacks=[jsonl_log_callback(config.run_dir / "log.jsonl"), *callbacks],
+        callbacks=[jsonl_log_callback(config.run_dir / "log.jsonl"), progress, *callbacks],
     )
+    progress.trainer = trainer
     output = trainer.train(resume_from_checkpoint=resume_from)
     remove_fused_head(model)
     trainer.save_model(str(config.run_dir))
@@ -468,9 +534,10 @@ def _fit(
     state = trainer.state
     weights = "best" if args.load_best_model_at_end and state.best_model_checkpoint else "last"
     eval_losses = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
+    whole = whole_run(progress.sessions(output), output, state)
     metrics = {
-        "train_loss": output.training_loss,
-        "train_steps_per_second": output.metrics.get("train_steps_per_second", 0.0),
+        "train_loss": whole["train_loss"],
+        "train_steps_per_second": whole["steps_per_second"] or 0.0,
         **({"eval_loss": eval_losses[-1]} if eval_losses else {}),
         **({"best_eval_loss": state.best_metric} if state.best_metric is not None else {}),
     }
@@ -487,12 +554,15 @@ def _fit(
         "world_size": args.world_size,
         "global_step": state.global_step,
         "resumed_from": resume_from,
+        "resumed_from_step": progress.resumed_step if resume_from else None,
         "final_weights": weights,
         "checkpoint_selection": checkpoint_selection(config, data, weights),
         "best_checkpoint": state.best_model_checkpoint,
-        "wall_time_s": round(time.perf_counter() - started, 3),
-        "train_runtime_s": output.metrics.get("train_runtime"),
-        "steps_per_second": output.metrics.get("train_steps_per_second"),
+        # The whole run: the sessions that led to the weights, their times summed.
+        "wall_time_s": whole["wall_time_s"],
+        "train_runtime_s": whole["train_runtime_s"],
+        "steps_per_second": whole["steps_per_second"],
+        "sessions": whole["sessions"],
         "peak_rss_mib": _peak_rss_mib(),
         **(
             {"peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
@@ -511,6 +581,109 @@ def _fit(
         metrics=metrics,
         report=report,
     )
+
+
+PROGRESS_CALLBACK = "RunProgress"  # its key in trainer_state.json's stateful_callbacks
+
+
+def run_progress_callback(started: float) -> Any:
+    """A TrainerCallback that keeps, in every checkpoint's trainer_state.json (written with it,
+    so never out of step with it), the training sessions that led to that checkpoint: their
+    steps, wall and training time, and mean loss. A resumed run reads them back from the
+    checkpoint it resumes from, so its report covers the whole run (``started``: when this
+    session's wall clock started)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class RunProgress(TrainerCallback, ExportableState):
+        def __init__(self) -> None:
+            self.trainer: Any = None
+            self.earlier: list[dict[str, Any]] = []
+            self.resumed_step = 0
+            self.train_started: float | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.train_started = time.perf_counter()
+            self.resumed_step = state.global_step
+            saved = state.stateful_callbacks.get(PROGRESS_CALLBACK)
+            if state.global_step and isinstance(saved, dict):
+                self.earlier = list(saved.get("attributes", {}).get("sessions", []))
+            # A checkpoint saved before this callback existed has no entry for it; the Trainer
+            # expects one for every stateful callback.
+            state.stateful_callbacks[PROGRESS_CALLBACK] = self.state()
+
+        def current(self, step: int, train_loss: float | None, runtime: float | None) -> dict:
+            now = time.perf_counter()
+            return {
+                "steps": [self.resumed_step, step],
+                "wall_time_s": round(now - started, 3),
+                "train_runtime_s": round(
+                    runtime if runtime is not None else now - (self.train_started or now), 3
+                ),
+                "train_loss": train_loss,
+            }
+
+        def _loss_so_far(self) -> float | None:
+            """This session's mean loss per step so far, as the Trainer computes it at the end
+            (logged sums plus the part not logged yet); None if this transformers hides it."""
+            total = getattr(self.trainer, "_total_loss_scalar", None)
+            pending = getattr(self.trainer, "_tr_loss", None)
+            steps = self.trainer.state.global_step - self.resumed_step
+            if total is None or pending is None or steps <= 0:
+                return None
+            return (total + float(pending)) / steps
+
+        def state(self) -> dict[str, Any]:
+            if self.trainer is None or self.train_started is None:
+                return {"args": {}, "attributes": {"sessions": list(self.earlier)}}
+            session = self.current(self.trainer.state.global_step, self._loss_so_far(), None)
+            return {"args": {}, "attributes": {"sessions": [*self.earlier, session]}}
+
+        def sessions(self, output: Any) -> list[dict[str, Any]]:
+            """Every session of the run, this one (just ended with ``output``) last."""
+            runtime = output.metrics.get("train_runtime")
+            return [*self.earlier, self.current(output.global_step, output.training_loss, runtime)]
+
+    return RunProgress()
+
+
+def whole_run(sessions: list[dict[str, Any]], output: Any, state: Any) -> dict[str, Any]:
+    """The report's totals over the sessions of a run: times summed, the mean loss per step
+    over all steps (as the Trainer reports it for a run that was never interrupted)."""
+    if len(sessions) == 1:
+        return {
+            "sessions": sessions,
+            "train_loss": output.training_loss,
+            "wall_time_s": sessions[0]["wall_time_s"],
+            "train_runtime_s": output.metrics.get("train_runtime"),
+            "steps_per_second": output.metrics.get("train_steps_per_second"),
+        }
+    steps = [b - a for a, b in (session["steps"] for session in sessions)]
+    losses = [session["train_loss"] for session in sessions]
+    if all(loss is not None for loss in losses) and sum(steps):
+        train_loss = sum(loss * n for loss, n in zip(losses, steps, strict=True)) / sum(steps)
+    else:
+        train_loss = logged_train_loss(state.log_history, output.training_loss)
+    runtime = sum(session["train_runtime_s"] for session in sessions)
+    return {
+        "sessions": sessions,
+        "train_loss": train_loss,
+        "wall_time_s": round(sum(session["wall_time_s"] for session in sessions), 3),
+        "train_runtime_s": round(runtime, 3),
+        "steps_per_second": round(sum(steps) / runtime, 3) if runtime > 0 else None,
+    }
+
+
+def logged_train_loss(log_history: list[dict[str, Any]], fallback: float) -> float:
+    """The mean loss per step from the logged interval means (each weighted by its steps)."""
+    total = steps = 0.0
+    previous = 0
+    for event in log_history:
+        if "loss" in event and "step" in event and event["step"] > previous:
+            total += event["loss"] * (event["step"] - previous)
+            steps += event["step"] - previous
+            previous = event["step"]
+    return total / steps if steps else fallback
 
 
 def _reset_peak_rss() -> None:

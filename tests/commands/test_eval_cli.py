@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +115,125 @@ def test_run_folder_without_weights(tiny_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", str(run)])
     assert result.exit_code == 1
     assert f"error: run folder {run} has no weights at its root" in result.stderr
+
+
+CUSTOM_CODE = """
+import pathlib
+
+pathlib.Path({marker!r}).write_text("the folder's code ran")
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class CustomConfig(LlamaConfig):
+    model_type = "seglm-test-custom"
+
+
+class CustomModel(LlamaForCausalLM):
+    config_class = CustomConfig
+"""
+
+
+def run_folder_with_custom_code(tiny_dir: Path, run: Path, marker: Path) -> Path:
+    """A full fine-tuning run folder whose model maps to a Python file of its own (auto_map)
+    and whose config.yaml asks for trust_remote_code, as a hostile folder would."""
+    shutil.copytree(tiny_dir, run)
+    model_config = json.loads((run / "config.json").read_text())
+    model_config["model_type"] = "seglm-test-custom"
+    model_config["auto_map"] = {
+        "AutoConfig": "custom.CustomConfig",
+        "AutoModelForCausalLM": "custom.CustomModel",
+    }
+    (run / "config.json").write_text(json.dumps(model_config))
+    (run / "custom.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
+    config = TrainConfig(
+        model=str(tiny_dir), task="arith", adapter="full", trust_remote_code=True,
+        output_dir=str(run),
+    )  # fmt: skip
+    write_config(config, run / "config.yaml")
+    (run / "train_report.json").write_text("{}")
+    return run
+
+
+def test_a_run_folder_cannot_turn_on_its_own_code(
+    tiny_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    marker = tmp_path / "ran.txt"
+    run = run_folder_with_custom_code(tiny_dir, tmp_path / "run", marker)
+    args = ["eval", str(run), *ARITH, "--limit", "1", "--max-new-tokens", "2", "-q"]
+    refused = runner.invoke(app, [*args, "--output-dir", str(tmp_path / "a")])
+    assert refused.exit_code == 1
+    assert not marker.exists()
+    assert caplog.text.count("config.yaml sets trust_remote_code: true; ignored") == 1
+    assert f"error: {run} needs custom code" in refused.stderr
+    assert "pass --trust-remote-code" in refused.stderr
+    # Only the command's flag runs it (transformers copies the code into its modules cache).
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    trusted = runner.invoke(
+        app, [*args, "--output-dir", str(tmp_path / "b"), "--trust-remote-code"]
+    )
+    assert trusted.exit_code == 0, trusted.output
+    assert marker.read_text() == "the folder's code ran"
+
+
+PAUSED_WORKER = Path(__file__).parent / "paused_eval_worker.py"
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the worker exited with status {process.returncode}")
+        assert time.monotonic() < deadline, "the worker never reached its pause"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("first", ["finishes", "is_killed"])
+def test_a_second_evaluation_into_the_same_folder_is_refused_while_the_first_holds_it(
+    tiny_dir: Path, tmp_path: Path, first: str
+) -> None:
+    reference = tmp_path / "reference"
+    options = ("--limit", "4", "--batch-size", "2", "-q")
+    done = runner.invoke(app, eval_args(tiny_dir, reference, *options))
+    assert done.exit_code == 0, done.output
+    out, ready, go = tmp_path / "eval", tmp_path / "ready", tmp_path / "go"
+    worker = [sys.executable, str(PAUSED_WORKER), str(ready), str(go)]
+    log = (tmp_path / "holder.log").open("w")
+    holder = subprocess.Popen([*worker, *eval_args(tiny_dir, out, *options)], stderr=log)
+    try:
+        wait_for(ready, holder)  # one batch of two written, the folder held
+        second = subprocess.run(
+            [sys.executable, "-m", "seglm", *eval_args(tiny_dir, out, *options)],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert f"error: {out} is in use by another evaluation (pid {holder.pid} on " in (
+            second.stderr
+        )
+        assert "wait for it to finish" in second.stderr
+        assert len((out / "predictions.jsonl").read_text().splitlines()) == 2  # untouched
+        if first == "is_killed":
+            holder.send_signal(signal.SIGKILL)
+            assert holder.wait(timeout=60) == -signal.SIGKILL
+            # The kernel dropped its lock: a rerun resumes from the 2 predictions written.
+            rerun = runner.invoke(app, eval_args(tiny_dir, out, *options))
+            assert rerun.exit_code == 0, rerun.output
+            assert "resumed: 2 predictions were already there" in rerun.stdout
+        else:
+            go.write_text("")
+            assert holder.wait(timeout=300) == 0, (tmp_path / "holder.log").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+        log.close()
+    expected = (reference / "predictions.jsonl").read_text()
+    assert (out / "predictions.jsonl").read_text() == expected
 
 
 @pytest.mark.parametrize(

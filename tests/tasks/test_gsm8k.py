@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,39 @@ def test_splits_match_the_published_sizes_and_the_paper_split(shared_data: Path)
         "gsm8k/train/2184",
         "gsm8k/train/5897",
     ]
+
+
+def test_a_train_file_cut_at_a_line_boundary_is_refused_for_the_split_drawn_from_it(
+    shared_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Every line parses: only the count shows that the file is not the published one.
+    published = (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines(keepends=True)
+    cut = tmp_path / "gsm8k" / "train.jsonl"
+    cut.parent.mkdir()
+    cut.write_text("".join(published[:1000]))
+    task = get_task("gsm8k")
+    for split in ("validation", "train"):
+        with pytest.raises(ValueError) as error:
+            task.load(split, data_dir=str(tmp_path))
+        assert str(error.value) == (
+            f"{cut} holds 1000 records, but the published file holds 7473: it is cut short or "
+            "not the published file, and the split held out of it would silently change (100 "
+            "held-out examples instead of 748, and another train split). Restore the published "
+            "file, or set SEGLM_ALLOW_ROW_COUNT_MISMATCH=1 to split this one anyway"
+        )
+    # The whole file as it is: a warning only.
+    with caplog.at_level(logging.WARNING, logger="seglm.tasks.sources"):
+        assert len(task.load("official_train", data_dir=str(tmp_path))) == 1000
+    assert f"{cut} holds 1000 records, but the published file holds 7473" in caplog.text
+    assert "not comparable with published ones" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("SEGLM_ALLOW_ROW_COUNT_MISMATCH", "1")
+    with caplog.at_level(logging.WARNING, logger="seglm.tasks.sources"):
+        assert len(task.load("validation", data_dir=str(tmp_path))) == 100
+    assert "splitting it anyway (SEGLM_ALLOW_ROW_COUNT_MISMATCH=1)" in caplog.text
 
 
 def test_paper_target_is_annotations_and_final_line(shared_data: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,14 @@ def test_report_counts_and_serialises() -> None:
     report.skip(DataError("f:2", None, "bad", "malformed JSON"))
     assert report.to_dict()["skipped"] == {"missing field": 1, "malformed JSON": 1}
     assert report.errors == ["f:1: field 'x': missing", "f:2: bad"]
+
+
+def test_the_published_files_raise_no_row_count_warning(
+    shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="seglm.tasks.sources"):
+        for task, split in (("gsm8k", "validation"), ("gsm8k", "test"), ("mathqa", "test"),
+                            ("openbookqa", "validation"), ("hellaswag", "test")):  # fmt: skip
+            get_task(task).load(split, data_dir=str(shared_data))
+        get_task("openbookqa", context=False).load("test", data_dir=str(shared_data))
+    assert not [r.getMessage() for r in caplog.records if r.name == "seglm.tasks.sources"]

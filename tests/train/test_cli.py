@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from seglm.cli import app
-from seglm.config import load_run_config
+from seglm.config import load_run_config, resolve_config, write_config
 from seglm.models import resolve_dtype
 
 from ._helpers import log_events
@@ -61,6 +61,25 @@ def test_flags_override_the_file_and_resume_reads_the_saved_config(
     assert resumed.exit_code == 0, resumed.output
     assert "2 steps" in resumed.output
     assert [e["step"] for e in log_events(run_dir) if "loss" in e] == [1, 2]
+
+
+def test_resume_takes_no_trust_from_the_run_folder(
+    tiny_config: dict[str, Any], tmp_path: Path
+) -> None:
+    run_dir = Path(tiny_config["output_dir"])
+    run_dir.mkdir()
+    write_config(
+        resolve_config(overrides={**tiny_config, "trust_remote_code": True}),
+        run_dir / "config.yaml",
+    )
+    result = invoke("--resume", "--output-dir", str(run_dir))
+    assert result.exit_code == 1
+    message = " ".join(result.output.split())
+    assert "sets trust_remote_code: true, and seglm takes no trust from a run folder" in message
+    assert "pass --trust-remote-code" in message
+    # With the flag it is the user's choice (here: the run has no checkpoint to resume yet).
+    trusted = invoke("--resume", "--output-dir", str(run_dir), "--trust-remote-code")
+    assert trusted.exit_code == 1 and "has no complete checkpoint yet" in trusted.output
 
 
 @pytest.mark.parametrize(

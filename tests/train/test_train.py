@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from seglm.config import ConfigError, load_run_config, resolve_config
-from seglm.train import train
+from seglm.train import checkpoint_problem, train
 from seglm.trainer import NonFiniteLossError
 
 from ._helpers import log_events
@@ -91,9 +95,10 @@ def test_best_checkpoint_by_validation_loss_ends_at_the_root(tiny_config: dict[s
 
 
 def test_hellaswag_never_selects_checkpoints_on_its_test_data(
-    tiny_config: dict[str, Any], tmp_path: Path
+    tiny_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # HellaSwag's test is the official validation set; the paper selected on it too (SPEC 7.7).
+    monkeypatch.setenv("SEGLM_ALLOW_ROW_COUNT_MISMATCH", "1")  # 80 train rows, not 39905
     data = tmp_path / "data" / "hellaswag"
     data.mkdir(parents=True)
     record = {"activity_label": "Roofing", "endings": ["a.", "b.", "c.", "d."]}
@@ -138,6 +143,62 @@ class InterruptAt(TrainerCallback):
             raise Interrupt
 
 
+KILL_WORKER = Path(__file__).parent / "kill_worker.py"
+
+
+def train_and_kill(config: dict[str, Any], step: int, point: str, folder: Path) -> None:
+    """Train ``config`` in a process of its own and SIGKILL it while it saves checkpoint-STEP."""
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps(config))
+    command = [sys.executable, str(KILL_WORKER), str(config_file), str(step), point]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == -signal.SIGKILL, completed.stderr[-3000:]
+
+
+@pytest.mark.parametrize("point", ["empty", "torn_state"])
+def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(
+    tiny_config: dict[str, Any], tmp_path: Path, point: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = {**tiny_config, "batch_size": 2, "grad_accum": 2, "max_steps": 8}
+    whole = run(config, output_dir=str(tmp_path / "whole"))
+    killed = {**config, "output_dir": str(tmp_path / "killed")}
+    train_and_kill(killed, 6, point, tmp_path)
+    run_dir = tmp_path / "killed"
+    assert checkpoint_problem(run_dir / "checkpoint-4") is None
+    problem = checkpoint_problem(run_dir / "checkpoint-6")
+    if point == "empty":
+        assert problem == "no trainer_state.json"
+    else:
+        assert (run_dir / "checkpoint-6" / "adapter_model.safetensors").is_file()
+        assert problem is not None and problem.startswith("trainer_state.json is not readable")
+    with caplog.at_level(logging.WARNING, logger="seglm.train"):
+        resumed = run(killed, resume=True)
+    assert "resume: skipped checkpoint-6 (" in caplog.text
+    assert "resuming from checkpoint-4" in caplog.text
+    assert resumed.report["resumed_from"].endswith("checkpoint-4")
+    expected, got = adapter(whole.run_dir), adapter(resumed.run_dir)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(got[name], value) for name, value in expected.items())
+    # The report counts the killed process's 4 steps, as the checkpoint recorded them.
+    assert [s["steps"] for s in resumed.report["sessions"]] == [[0, 4], [4, 8]]
+    assert resumed.metrics["train_loss"] == pytest.approx(whole.metrics["train_loss"], rel=1e-6)
+    # The step-6 checkpoint was saved again, whole; each step is logged once.
+    assert checkpoint_problem(run_dir / "checkpoint-6") is None
+    assert [e["step"] for e in log_events(run_dir) if "loss" in e] == list(range(1, 9))
+
+
+def test_resume_without_a_complete_checkpoint_says_so(
+    tiny_config: dict[str, Any], tmp_path: Path
+) -> None:
+    train_and_kill({**tiny_config, "max_steps": 4}, 2, "empty", tmp_path)
+    with pytest.raises(ConfigError) as error:
+        run(tiny_config, resume=True)
+    assert "has no complete checkpoint yet (incomplete, cut short while saving: " in str(
+        error.value
+    )
+    assert "checkpoint-2 (no trainer_state.json)); start again with --overwrite" in str(error.value)
+
+
 @pytest.mark.parametrize("group_by_length", [False, True])
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(
     tiny_config: dict[str, Any], tmp_path: Path, group_by_length: bool
@@ -168,6 +229,21 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(
     assert [e["step"] for e in logged] == list(range(1, 9))
     expected_losses = [e["loss"] for e in log_events(whole.run_dir) if "loss" in e]
     assert [e["loss"] for e in logged] == pytest.approx(expected_losses, rel=1e-5)
+    # The report covers the whole run, not only the part after the resume.
+    report = json.loads((resumed.run_dir / "train_report.json").read_text())
+    assert report["resumed_from_step"] == 4 and report["global_step"] == 8
+    assert [s["steps"] for s in report["sessions"]] == [[0, 4], [4, 8]]
+    assert [s["steps"] for s in whole.report["sessions"]] == [[0, 8]]
+    assert resumed.metrics["train_loss"] == pytest.approx(whole.metrics["train_loss"], rel=1e-6)
+    first, second = report["sessions"]
+    assert first["train_loss"] == pytest.approx(sum(expected_losses[:4]) / 4, rel=1e-6)
+    assert second["train_loss"] == pytest.approx(sum(expected_losses[4:]) / 4, rel=1e-6)
+    assert min(first["wall_time_s"], first["train_runtime_s"], second["train_runtime_s"]) > 0
+    assert report["wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"])
+    assert report["train_runtime_s"] == pytest.approx(
+        first["train_runtime_s"] + second["train_runtime_s"], abs=2e-3
+    )
+    assert report["steps_per_second"] == pytest.approx(8 / report["train_runtime_s"], rel=1e-2)
 
 
 def test_full_fine_tuning_with_bf16_autocast_and_accumulation(tiny_config: dict[str, Any]) -> None:

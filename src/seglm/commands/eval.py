@@ -126,13 +126,21 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Comma-separated ROSCOE families (default: all four)."),
         ] = None,
+        trust_remote_code: Annotated[
+            bool,
+            typer.Option(
+                "--trust-remote-code",
+                help="Run the custom model code (auto_map) that MODEL's folder or hub repo "
+                "ships. Never taken from a run folder's config.yaml.",
+            ),
+        ] = False,
     ) -> None:
         """Evaluate MODEL on a task split: predictions.jsonl (resumable) and metrics.json."""
         from seglm.evaluate import evaluate, resolve_model
         from seglm.tasks import parse_option_text, task_class
 
         try:
-            source = resolve_model(model, adapter)
+            source = resolve_model(model, adapter, trust_remote_code=trust_remote_code)
             task_name = task or (source.run_config.task if source.run_config else None)
             if task_name is None:
                 raise ValueError("give --task (MODEL is not a seglm run folder that names one)")
@@ -162,6 +170,7 @@ def register(app: typer.Typer) -> None:
                 progress=not quiet,
                 roscoe=_roscoe_config(roscoe, roscoe_families),
                 answer_match=answer_match.value,
+                trust_remote_code=trust_remote_code,
             )
         except (ValueError, OSError) as error:
             typer.echo(f"error: {error}", err=True)

@@ -95,5 +95,17 @@ def _base_config(config_file: Path | None, overrides: dict[str, Any]) -> Path | 
     if config_file is None and overrides.get("resume") and "preset" not in overrides:
         saved = resolve_config(overrides=overrides).run_dir / "config.yaml"
         if saved.is_file():
+            _check_trust(saved, overrides)
             return saved
     return config_file
+
+
+def _check_trust(saved: Path, overrides: dict[str, Any]) -> None:
+    """A run folder is data: its config.yaml cannot turn on custom model code by itself."""
+    from seglm.config import ConfigError, load_run_config
+
+    if load_run_config(saved.parent).trust_remote_code and "trust_remote_code" not in overrides:
+        raise ConfigError(
+            f"{saved} sets trust_remote_code: true, and seglm takes no trust from a run folder; "
+            "pass --trust-remote-code to resume it with its model's custom code"
+        )

@@ -68,10 +68,9 @@ class HellaSwag(Task):
     def records(self, split: str, data_dir: DataDir, report: LoadReport) -> Iterator[Record]:
         if split == "test":
             return read_split(SOURCE, "validation", data_dir, report)
-        records = read_split(SOURCE, "train", data_dir, report)
         if split == "official_train":
-            return records
-        rows = list(records)
+            return read_split(SOURCE, "train", data_dir, report)
+        rows = list(read_split(SOURCE, "train", data_dir, report, held_out=HOLDOUT_FRACTION))
         kept, held_out = holdout_split(len(rows), HOLDOUT_FRACTION, HOLDOUT_SEED)
         return (rows[i] for i in (kept if split == "train" else held_out))
 

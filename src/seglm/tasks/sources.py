@@ -4,11 +4,18 @@ Resolution order: an explicit ``data_dir`` argument, then the ``SEGLM_DATA_DIR``
 the hub. A data dir holds one folder per dataset with the original file names
 (``gsm8k/train.jsonl``, ``mathqa/dev.json``, ...); a file missing there is an error that says
 where the hub has it, rather than a silent fall-back to the network.
+
+A local file read to its end must hold the published number of records (``PUBLISHED_ROWS``):
+a file cut short (at a line boundary it parses fine) or changed is a warning naming the counts,
+and an error where a split is drawn from the file (a held-out validation split) and so would
+silently change, unless ``SEGLM_ALLOW_ROW_COUNT_MISMATCH=1``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +24,37 @@ from typing import Any
 
 from .base import DataDir, DataError, LoadReport, Record
 
+logger = logging.getLogger(__name__)
+
 DATA_DIR_VARIABLE = "SEGLM_DATA_DIR"
+ALLOW_ROW_COUNT_MISMATCH_VARIABLE = "SEGLM_ALLOW_ROW_COUNT_MISMATCH"
+
+# Records in each published file a data dir may hold, as the datasets published them (the
+# GSM8K repository, the OpenBookQA release zip, MathQA.zip and the HF math_qa card, HellaSwag's
+# repository; the copies' checks are in shared/data/README.md).
+PUBLISHED_ROWS: dict[str, int] = {
+    "gsm8k/train.jsonl": 7473,
+    "gsm8k/test.jsonl": 1319,
+    "mathqa/train.json": 29837,
+    "mathqa/dev.json": 4475,
+    "mathqa/test.json": 2985,
+    "mathqa/challenge_test.json": 604,
+    "openbookqa/Main/train.jsonl": 4957,
+    "openbookqa/Main/dev.jsonl": 500,
+    "openbookqa/Main/test.jsonl": 500,
+    "openbookqa/Additional/train_complete.jsonl": 4957,
+    "openbookqa/Additional/dev_complete.jsonl": 500,
+    "openbookqa/Additional/test_complete.jsonl": 500,
+    "hellaswag/hellaswag_train.jsonl": 39905,
+    "hellaswag/hellaswag_val.jsonl": 10042,
+    "hellaswag/validation.jsonl": 10042,  # the stand-in converted from the validation text
+}
+
+
+class RowCountError(ValueError):
+    """A local file whose record count differs from the published one, where that changes a
+    split drawn from it."""
+
 
 HubRow = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -60,9 +97,12 @@ def read_split(
     data_dir: DataDir,
     report: LoadReport,
     hub_row: HubRow | None = None,
+    held_out: float | None = None,
 ) -> Iterator[Record]:
     """The records of one published split, from the data dir or the hub (``hub_row`` maps a
-    hub row to the published file's layout when the two differ)."""
+    hub row to the published file's layout when the two differ). ``held_out``: the fraction of
+    the file a split is drawn from; a local file with another record count than the published
+    one is then refused, not only warned about."""
     entry = source.splits[split]
     root = resolve_data_dir(data_dir)
     if root is None:
@@ -73,11 +113,49 @@ def read_split(
             )
         report.source = f"hub:{source.hub_label(entry.hub_split)}"
         return read_hub(source, entry.hub_split, split, hub_row or dict)
-    path = next((root / name for name in entry.files if (root / name).is_file()), None)
-    if path is None:
+    name = next((name for name in entry.files if (root / name).is_file()), None)
+    if name is None:
         raise FileNotFoundError(missing_file_message(source, root, entry))
+    path = root / name
     report.source = str(path)
-    return read_file(path, split)
+    return counted(read_file(path, split), path, PUBLISHED_ROWS.get(name), held_out)
+
+
+def counted(
+    records: Iterator[Record], path: Path, published: int | None, held_out: float | None
+) -> Iterator[Record]:
+    """``records``, then, once they are read to the end, the check of their count."""
+    count = 0
+    for record in records:
+        count += 1
+        yield record
+    if published is not None and count != published:
+        check_row_count(path, count, published, held_out)
+
+
+def check_row_count(path: Path, found: int, published: int, held_out: float | None) -> None:
+    problem = (
+        f"{path} holds {found} records, but the published file holds {published}: it is cut "
+        "short or not the published file"
+    )
+    if held_out is None:
+        logger.warning("%s; results on it are not comparable with published ones", problem)
+        return
+
+    def size(rows: int) -> int:  # datasets' train_test_split rounds the held-out part up
+        return math.ceil(rows * held_out)
+
+    problem += (
+        f", and the split held out of it would silently change ({size(found)} held-out "
+        f"examples instead of {size(published)}, and another train split)"
+    )
+    if os.environ.get(ALLOW_ROW_COUNT_MISMATCH_VARIABLE) == "1":
+        logger.warning("%s; splitting it anyway (%s=1)", problem, ALLOW_ROW_COUNT_MISMATCH_VARIABLE)
+        return
+    raise RowCountError(
+        f"{problem}. Restore the published file, or set {ALLOW_ROW_COUNT_MISMATCH_VARIABLE}=1 "
+        "to split this one anyway"
+    )
 
 
 def missing_file_message(source: DatasetSource, root: Path, entry: SplitSource) -> str:
