@@ -321,6 +321,9 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     import fcntl
     import socket
 
+    problem = folder_problem(out_dir)
+    if problem:
+        raise EvalError(f"output folder: {problem}; choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / LOCK_FILE, "a+", encoding="utf-8") as handle:
         try:
@@ -360,9 +363,6 @@ def output_lock(out_dir: Path) -> Iterator[None]:
 
 def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> None:
     """Create the folder, or check that it holds this evaluation (to resume it)."""
-    problem = folder_problem(out_dir)
-    if problem:
-        raise EvalError(f"output folder: {problem}; choose another output folder")
     settings_file = out_dir / SETTINGS_FILE
     if overwrite:
         for name in (SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE):
