@@ -17,7 +17,8 @@ from train._helpers import save_tiny_model
 
 from seglm.experiments import EvalSpec, Grid, GridError, run_grid
 from seglm.grid_roscoe import score_roscoe
-from seglm.report import ROSCOE_FILE, build_report
+from seglm.report import build_report
+from seglm.runs import ROSCOE_FILE
 from seglm.stats import holm, sign_flip_p_value
 from seglm.tasks import get_task
 

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from seglm.choices import check_choice
+from seglm.runs import RUN_CONFIG_FILE
 
 ADAPTERS: tuple[str, ...] = ("lora", "qlora", "full")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16", "auto")
@@ -383,7 +384,7 @@ def resolve_config(
 
 def load_run_config(run_dir: Path) -> TrainConfig:
     """The resolved config a run folder was made with."""
-    return TrainConfig(**read_yaml(run_dir / "config.yaml"))
+    return TrainConfig(**read_yaml(run_dir / RUN_CONFIG_FILE))
 
 
 def write_config(config: TrainConfig, path: Path) -> None:

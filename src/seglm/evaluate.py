@@ -50,19 +50,23 @@ from seglm.metrics import (
     score_prediction,
 )
 from seglm.metrics.exact_match import check_answer_match, reference_answer
-from seglm.runs import folder_problem
+from seglm.runs import (
+    EVAL_LOCK_FILE,
+    EVAL_SETTINGS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RUN_CONFIG_FILE,
+    TRAIN_REPORT_FILE,
+    folder_problem,
+    last_complete_checkpoint,
+    write_atomically,
+)
 from seglm.tasks import Example, Task, get_task
 from seglm.tasks.base import LETTERS
-from seglm.train import REPORT_FILE as TRAIN_REPORT
-from seglm.train import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
 SCORINGS = ("generate", "loglik", "both")
-PREDICTIONS_FILE = "predictions.jsonl"
-METRICS_FILE = "metrics.json"
-SETTINGS_FILE = "eval_config.json"
-LOCK_FILE = ".seglm-eval.lock"  # flock()ed while an evaluation writes the folder
 LM_EVAL_FEWSHOT_SEED = 1234  # lm-evaluation-harness's default few-shot seed
 FEWSHOT_SPLIT = "train"
 FEWSHOT_DELIMITER = "\n\n"  # lm-evaluation-harness's fewshot_delimiter
@@ -131,12 +135,12 @@ def _resolve_model(
     model_ref: str | os.PathLike[str], adapter: str | os.PathLike[str] | None
 ) -> ModelSource:
     path = Path(model_ref)
-    if (path / "config.yaml").is_file() or (path / "adapter_config.json").is_file():
+    if (path / RUN_CONFIG_FILE).is_file() or (path / "adapter_config.json").is_file():
         if adapter is not None:
             raise EvalError(
                 f"{path} carries its own weights; an adapter goes with a base model only"
             )
-        if (path / "config.yaml").is_file():
+        if (path / RUN_CONFIG_FILE).is_file():
             return _run_folder_source(path)
         return _adapter_source(path, base=None)
     if adapter is not None:
@@ -160,7 +164,7 @@ def _run_folder_source(run_dir: Path) -> ModelSource:
         return ModelSource(str(run_dir), str(run_dir), None, tokenizer, config)
     problem = f"run folder {run_dir} has no weights at its root (expected {ADAPTER_WEIGHTS[0]} "
     problem += f"for LoRA or {MODEL_WEIGHTS[0]} for full fine-tuning)"
-    if not (run_dir / TRAIN_REPORT).is_file():
+    if not (run_dir / TRAIN_REPORT_FILE).is_file():
         problem += "; its training has not finished (no train_report.json)"
     checkpoint, _ = last_complete_checkpoint(run_dir)  # not one a kill cut short while saving
     if checkpoint is not None:
@@ -183,7 +187,7 @@ def _adapter_source(folder: Path, base: str | None) -> ModelSource:
 
 def _parent_run_config(folder: Path) -> TrainConfig | None:
     """The run's config when ``folder`` is one of its checkpoints."""
-    config_file = folder.parent / "config.yaml"
+    config_file = folder.parent / RUN_CONFIG_FILE
     return load_run_config(folder.parent) if config_file.is_file() else None
 
 
@@ -314,8 +318,8 @@ class EvalSettings:
 
 @contextlib.contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the output folder for one evaluation: an exclusive ``flock`` on ``LOCK_FILE`` in it,
-    so a second evaluation into the folder is refused at once, naming the process that holds
+    """Hold the output folder for one evaluation: an exclusive ``flock`` on ``EVAL_LOCK_FILE``
+    in it, so a second evaluation into the folder is refused at once, naming the process that holds
     it, instead of both appending the same predictions. The kernel drops the lock when the
     holder exits, however it exits (a stale lock file blocks no one)."""
     import fcntl
@@ -325,7 +329,7 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     if problem:
         raise EvalError(f"output folder: {problem}; choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK_FILE, "a+", encoding="utf-8") as handle:
+    with open(out_dir / EVAL_LOCK_FILE, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -363,9 +367,9 @@ def output_lock(out_dir: Path) -> Iterator[None]:
 
 def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> None:
     """Create the folder, or check that it holds this evaluation (to resume it)."""
-    settings_file = out_dir / SETTINGS_FILE
+    settings_file = out_dir / EVAL_SETTINGS_FILE
     if overwrite:
-        for name in (SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE):
+        for name in (EVAL_SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE):
             (out_dir / name).unlink(missing_ok=True)
         for share in out_dir.glob(SHARE_PATTERN):
             share.unlink()
@@ -385,8 +389,8 @@ def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> N
         return
     if (out_dir / PREDICTIONS_FILE).exists():
         raise EvalError(
-            f"{out_dir / PREDICTIONS_FILE} exists without {SETTINGS_FILE}: seglm did not write "
-            "it; choose another output folder"
+            f"{out_dir / PREDICTIONS_FILE} exists without {EVAL_SETTINGS_FILE}: seglm did not "
+            "write it; choose another output folder"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
@@ -492,14 +496,6 @@ def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of it; the process id keeps
-    concurrent writers (sharded grids) off each other's staging file."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
 
 
 # -- tasks, examples and prompts ---------------------------------------------------------------

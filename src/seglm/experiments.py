@@ -39,18 +39,25 @@ from typing import Any
 import yaml
 
 from seglm.config import DTYPES, ConfigError, TrainConfig, check_keys, coerce
+from seglm.evaluate import SCORINGS
 
 # Written last by seglm.evaluate and seglm.train: METRICS_FILE's presence finishes a cell.
-from seglm.evaluate import METRICS_FILE, SCORINGS, write_atomically
-from seglm.runs import folder_problem
-from seglm.train import REPORT_FILE as TRAIN_REPORT
+from seglm.runs import (
+    CELL_ERROR_FILE,
+    GRID_FILE,
+    METRICS_FILE,
+    RUN_CONFIG_FILE,
+    SUMMARY_CSV,
+    SUMMARY_JSON,
+    TRAIN_REPORT_FILE,
+    folder_problem,
+    last_complete_checkpoint,
+    read_json,
+    write_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
-GRID_FILE = "grid.json"
-SUMMARY_CSV = "summary.csv"
-SUMMARY_JSON = "summary.json"
-ERROR_FILE = "error.txt"
 BASE = "base"
 CE = "ce"
 DEFAULT_LAMBDA = 0.6
@@ -648,31 +655,31 @@ def run_cell(grid: Grid, cell: Cell, root: Path, progress: bool = True) -> CellO
     if (folder / METRICS_FILE).is_file():
         return CellOutcome(cell, "skipped", 0.0)
     started = time.perf_counter()
-    (folder / ERROR_FILE).unlink(missing_ok=True)
+    (folder / CELL_ERROR_FILE).unlink(missing_ok=True)
     try:
         if cell.is_base:
             config = cell_config(grid, Cell(cell.task, cell.model, CE, 1.0, grid.seeds[0]), root)
             _evaluate(grid, cell.model, folder, config, config.task, progress)
         else:
             config = cell_config(grid, cell, root)
-            if not (folder / TRAIN_REPORT).is_file():
+            if not (folder / TRAIN_REPORT_FILE).is_file():
                 _train(config, progress)
             _barrier()
             _evaluate(grid, folder, folder, config, None, progress)
     except Exception as error:  # one failed cell must not stop the grid
         if _is_main_process():
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / ERROR_FILE).write_text(traceback.format_exc())
+            (folder / CELL_ERROR_FILE).write_text(traceback.format_exc())
         summary = f"{type(error).__name__}: {error}".splitlines()[0]
         return CellOutcome(cell, "failed", time.perf_counter() - started, summary)
     return CellOutcome(cell, "finished", time.perf_counter() - started)
 
 
 def _train(config: TrainConfig, progress: bool) -> None:
-    from seglm.train import last_complete_checkpoint, train
+    from seglm.train import train
 
     folder = config.run_dir
-    if (folder / "config.yaml").is_file():
+    if (folder / RUN_CONFIG_FILE).is_file():
         # An interrupted attempt: continue from its last complete checkpoint (a kill while
         # saving leaves an incomplete one), or start it again.
         has_checkpoint = last_complete_checkpoint(folder)[0] is not None
@@ -765,14 +772,6 @@ def run_grid(
 # -- the summary -------------------------------------------------------------------------------
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def cell_row(root: Path, cell: Cell) -> dict[str, Any]:
     """A cell's status, metrics and timings, as one summary row."""
     folder = root / cell.relative_dir
@@ -786,15 +785,15 @@ def cell_row(root: Path, cell: Cell) -> dict[str, Any]:
         "dir": str(cell.relative_dir),
     }
     metrics = read_json(folder / METRICS_FILE)
-    trained = read_json(folder / TRAIN_REPORT) or {}
+    trained = read_json(folder / TRAIN_REPORT_FILE) or {}
     if metrics is not None:
         row["status"] = "finished"
         row["n"] = metrics.get("n")
         row["eval_s"] = (metrics.get("throughput") or {}).get("seconds")
         row.update(metrics.get("metrics", {}))
-    elif (folder / ERROR_FILE).is_file():
+    elif (folder / CELL_ERROR_FILE).is_file():
         row["status"] = "failed"
-        lines = (folder / ERROR_FILE).read_text().strip().splitlines()
+        lines = (folder / CELL_ERROR_FILE).read_text().strip().splitlines()
         row["error"] = lines[-1] if lines else "unknown error"
     else:
         row["status"] = "pending"

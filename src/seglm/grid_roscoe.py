@@ -7,14 +7,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from seglm.evaluate import SETTINGS_FILE
 from seglm.experiments import (
     finished_cells,
     grid_cells,
     read_grid_file,
-    read_json,
 )
-from seglm.report.load import ROSCOE_FILE, read_cell_predictions
+from seglm.report.load import read_cell_predictions
+from seglm.runs import EVAL_SETTINGS_FILE, ROSCOE_FILE, read_json
 
 EMBEDDING_FAMILIES = ("semantic_alignment", "semantic_similarity")
 
@@ -53,7 +52,7 @@ def _questions(folder: Path, data_dir: str | None) -> dict[str, str]:
     """Each evaluated example's question (ROSCOE's source), by id, from the evaluated task."""
     from seglm.tasks import get_task
 
-    settings = read_json(folder / SETTINGS_FILE) or {}
+    settings = read_json(folder / EVAL_SETTINGS_FILE) or {}
     # The question does not depend on how the prompt is rendered (a chat template needs a
     # tokenizer that this does not load).
     options = {**(settings.get("task_options") or {}), "prompt_style": "plain"}

@@ -1,8 +1,50 @@
-"""Run, evaluation and grid folders: checks that every writer shares."""
+"""The folders seglm writes, in one place: the names of their files, atomic writes, and the
+checks every writer shares. Training, evaluation, grids and the report depend on this module,
+not on each other, for the layout.
+
+    RUN/                 a training run (seglm train)
+      config.yaml          the resolved TrainConfig (written first)
+      log.jsonl            one line per logged step
+      checkpoint-N/        the Trainer's checkpoints
+      train_report.json    written last: its presence marks a finished run
+    EVAL/                an evaluation (seglm eval; a run folder can be one too)
+      eval_config.json     what was evaluated and how (checked on resume)
+      predictions.jsonl    one line per example, appended as they are made
+      metrics.json         written last: its presence marks a finished evaluation
+      .seglm-eval.lock     flock()ed while an evaluation writes the folder
+    RUNS/                a grid (seglm compare)
+      grid.json, summary.csv, summary.json, report.md, report.json, figures/
+      {task}/{model}/{arm}/seed{s}/   a run folder and its evaluation (error.txt if it failed)
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from pathlib import Path
+from typing import Any
+
+RUN_CONFIG_FILE = "config.yaml"
+TRAIN_LOG_FILE = "log.jsonl"
+TRAIN_REPORT_FILE = "train_report.json"
+EVAL_SETTINGS_FILE = "eval_config.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+EVAL_LOCK_FILE = ".seglm-eval.lock"
+ROSCOE_FILE = "roscoe.jsonl"  # per-example ROSCOE scores of a grid cell, one line per prediction
+GRID_FILE = "grid.json"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_JSON = "summary.json"
+CELL_ERROR_FILE = "error.txt"
+REPORT_MARKDOWN = "report.md"
+REPORT_JSON = "report.json"
+FIGURES_DIR = "figures"
+CHECKPOINT_NAME = re.compile(r"^checkpoint-([0-9]+)$")
+# The Trainer writes trainer_state.json after the weights, optimiser, scheduler and RNG states.
+CHECKPOINT_STATE = "trainer_state.json"
+# Weights as save_model leaves them: PEFT adapters, full models (sharded or not), FSDP shards.
+CHECKPOINT_WEIGHTS = re.compile(r"^(adapter_model|model|pytorch_model)[.-]|^pytorch_model_fsdp_")
 
 
 def folder_problem(path: Path) -> str | None:
@@ -14,3 +56,69 @@ def folder_problem(path: Path) -> str | None:
             what = "is a file" if candidate == path else f"is inside {candidate}, a file"
             return f"{path} {what}, not a folder"
     return None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of it, even after a power cut (the
+    staging file is synced before the rename); the process id keeps concurrent writers
+    (sharded grids) off each other's staging file."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(staging, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomically(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` (``checkpoint-N``) cannot be resumed from (a save cut short), or None."""
+    state_file = folder / CHECKPOINT_STATE
+    if not state_file.is_file():
+        return f"no {CHECKPOINT_STATE}"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as error:
+        return f"{CHECKPOINT_STATE} is not readable JSON ({error})"
+    step = int(CHECKPOINT_NAME.match(folder.name).group(1))  # type: ignore[union-attr]
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        found = state.get("global_step") if isinstance(state, dict) else None
+        return f"{CHECKPOINT_STATE} is at step {found!r}, not {step}"
+    weights = [p for p in folder.iterdir() if CHECKPOINT_WEIGHTS.match(p.name)]
+    if not any(p.is_dir() or p.stat().st_size > 0 for p in weights):
+        return "no weights"
+    return None
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of a run, newest step first."""
+    found = [p for p in run_dir.glob("checkpoint-*") if CHECKPOINT_NAME.match(p.name)]
+    return sorted(
+        (p for p in found if p.is_dir()),
+        key=lambda p: int(p.name.rsplit("-", 1)[1]),
+        reverse=True,
+    )
+
+
+def last_complete_checkpoint(run_dir: Path) -> tuple[str | None, list[str]]:
+    """The newest checkpoint written to the end, and what was skipped for it: the checkpoints
+    after it, each with why (a process killed while saving leaves one incomplete)."""
+    skipped = []
+    for folder in checkpoints(run_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder), skipped
+        skipped.append(f"{folder.name} ({problem})")
+    return None, skipped

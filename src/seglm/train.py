@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import resource
 import shutil
 import time
@@ -43,17 +42,19 @@ from seglm.config import (
     resolve_config,
     write_config,
 )
-from seglm.runs import folder_problem
+from seglm.runs import (
+    RUN_CONFIG_FILE,
+    TRAIN_LOG_FILE,
+    TRAIN_REPORT_FILE,
+    checkpoints,
+    folder_problem,
+    last_complete_checkpoint,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
 EVAL_SPLITS: tuple[str, ...] = ("validation", "dev", "val")
-REPORT_FILE = "train_report.json"  # written last: its presence marks a finished run
-CHECKPOINT_NAME = re.compile(r"^checkpoint-([0-9]+)$")
-# The Trainer writes trainer_state.json after the weights, optimiser, scheduler and RNG states.
-CHECKPOINT_STATE = "trainer_state.json"
-# Weights as save_model leaves them: PEFT adapters, full models (sharded or not), FSDP shards.
-CHECKPOINT_WEIGHTS = re.compile(r"^(adapter_model|model|pytorch_model)[.-]|^pytorch_model_fsdp_")
 
 
 @dataclass
@@ -174,61 +175,20 @@ def load_checked_tokenizer(config: TrainConfig) -> Any:
         raise ConfigError(f"model {config.model!r}: cannot load its tokenizer: {error}") from None
 
 
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why ``folder`` (``checkpoint-N``) cannot be resumed from (a save cut short), or None."""
-    state_file = folder / CHECKPOINT_STATE
-    if not state_file.is_file():
-        return f"no {CHECKPOINT_STATE}"
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError) as error:
-        return f"{CHECKPOINT_STATE} is not readable JSON ({error})"
-    step = int(CHECKPOINT_NAME.match(folder.name).group(1))  # type: ignore[union-attr]
-    if not isinstance(state, dict) or state.get("global_step") != step:
-        found = state.get("global_step") if isinstance(state, dict) else None
-        return f"{CHECKPOINT_STATE} is at step {found!r}, not {step}"
-    weights = [p for p in folder.iterdir() if CHECKPOINT_WEIGHTS.match(p.name)]
-    if not any(p.is_dir() or p.stat().st_size > 0 for p in weights):
-        return "no weights"
-    return None
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """The ``checkpoint-N`` folders of a run, newest step first."""
-    found = [p for p in run_dir.glob("checkpoint-*") if CHECKPOINT_NAME.match(p.name)]
-    return sorted(
-        (p for p in found if p.is_dir()),
-        key=lambda p: int(p.name.rsplit("-", 1)[1]),
-        reverse=True,
-    )
-
-
-def last_complete_checkpoint(run_dir: Path) -> tuple[str | None, list[str]]:
-    """The newest checkpoint written to the end, and what was skipped for it: the checkpoints
-    after it, each with why (a process killed while saving leaves one incomplete)."""
-    skipped = []
-    for folder in checkpoints(run_dir):
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return str(folder), skipped
-        skipped.append(f"{folder.name} ({problem})")
-    return None, skipped
-
-
 def check_run_dir(config: TrainConfig) -> str | None:
     """Refuse a folder that holds another run; return the checkpoint to resume from."""
     run_dir = config.run_dir
     problem = folder_problem(run_dir)
     if problem:
         raise ConfigError(f"output folder: {problem}; choose a folder with --output-dir")
-    has_run = (run_dir / "config.yaml").is_file()
+    has_run = (run_dir / RUN_CONFIG_FILE).is_file()
     if config.resume:
         if not has_run:
             raise ConfigError(f"resume: {run_dir} holds no run (no config.yaml)")
         _check_same_run(config, run_dir, "resume: ")
-        if (run_dir / REPORT_FILE).is_file():
+        if (run_dir / TRAIN_REPORT_FILE).is_file():
             raise ConfigError(
-                f"resume: the run in {run_dir} has finished ({REPORT_FILE} is there); "
+                f"resume: the run in {run_dir} has finished ({TRAIN_REPORT_FILE} is there); "
                 "nothing to resume (--overwrite trains it again)"
             )
         checkpoint, skipped = last_complete_checkpoint(run_dir)
@@ -281,10 +241,10 @@ def prepare_run_dir(config: TrainConfig, resume_from: str | None) -> None:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         # How this invocation treated the folder is not part of the run.
-        write_config(replace(config, overwrite=False, resume=False), run_dir / "config.yaml")
+        write_config(replace(config, overwrite=False, resume=False), run_dir / RUN_CONFIG_FILE)
     else:
         step = _checkpoint_step(resume_from)
-        _trim_log(run_dir / "log.jsonl", step)
+        _trim_log(run_dir / TRAIN_LOG_FILE, step)
         # What a save cut short left after the checkpoint: nothing in it can be resumed, and the
         # Trainer would count it among the checkpoints it keeps (save_total_limit).
         for folder in checkpoints(run_dir):
@@ -524,7 +484,7 @@ def _fit(
         processing_class=tokenizer,
         objective=objective,
         fused_loss=config.fused_loss,
-        callbacks=[jsonl_log_callback(config.run_dir / "log.jsonl"), progress, *callbacks],
+        callbacks=[jsonl_log_callback(config.run_dir / TRAIN_LOG_FILE), progress, *callbacks],
     )
     progress.trainer = trainer
     output = trainer.train(resume_from_checkpoint=resume_from)
@@ -572,7 +532,7 @@ def _fit(
         "metrics": metrics,
     }
     if args.process_index == 0:
-        (config.run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(config.run_dir / TRAIN_REPORT_FILE, report)
     return TrainResult(
         run_dir=config.run_dir,
         global_step=state.global_step,

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from seglm.config import ConfigError, load_run_config, resolve_config
-from seglm.train import checkpoint_problem, train
+from seglm.runs import checkpoint_problem
+from seglm.train import train
 from seglm.trainer import NonFiniteLossError
 
 from ._helpers import log_events

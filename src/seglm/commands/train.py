@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from seglm.config import FIELD_TYPES, FIELDS
+from seglm.runs import RUN_CONFIG_FILE
 
 TEXT_KINDS = (str, list)
 
@@ -93,7 +94,7 @@ def _base_config(config_file: Path | None, overrides: dict[str, Any]) -> Path | 
     from seglm.config import resolve_config
 
     if config_file is None and overrides.get("resume") and "preset" not in overrides:
-        saved = resolve_config(overrides=overrides).run_dir / "config.yaml"
+        saved = resolve_config(overrides=overrides).run_dir / RUN_CONFIG_FILE
         if saved.is_file():
             _check_trust(saved, overrides)
             return saved

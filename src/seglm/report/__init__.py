@@ -29,15 +29,7 @@ from seglm.report.figures import (
     plot_main_metrics,
     plot_training_curves,
 )
-from seglm.report.load import (
-    BASELINES,
-    FIGURES_DIR,
-    REPORT_FILE,
-    REPORT_JSON,
-    ROSCOE_FILE,
-    Group,
-    load_groups,
-)
+from seglm.report.load import BASELINES, Group, load_groups
 from seglm.report.render import (
     GroupReport,
     Report,
@@ -48,12 +40,11 @@ from seglm.report.render import (
     report_json,
 )
 from seglm.report.statistics import arm_stats, headline
+from seglm.runs import FIGURES_DIR, REPORT_JSON, REPORT_MARKDOWN
 from seglm.stats import DEFAULT_RESAMPLES
 
 __all__ = [
     "BASELINES",
-    "REPORT_FILE",
-    "ROSCOE_FILE",
     "GroupReport",
     "Report",
     "build_report",
@@ -77,7 +68,7 @@ def build_report(
     rows = summarize(root)
     (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     reports = [_group_report(group, out, resamples, seed) for group in groups]
-    report = Report(out / REPORT_FILE, reports, rows)
+    report = Report(out / REPORT_MARKDOWN, reports, rows)
     grid = read_grid_file(root)
     report.path.write_text(render_markdown(report, grid, out, resamples), encoding="utf-8")
     (out / REPORT_JSON).write_text(json.dumps(report_json(report), indent=2) + "\n")

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from seglm.evaluate import METRICS_FILE, PREDICTIONS_FILE, SETTINGS_FILE
 from seglm.experiments import (
     BASE,
     CE,
@@ -23,14 +22,16 @@ from seglm.experiments import (
     grid_cells,
     model_slug,
     read_grid_file,
+)
+from seglm.runs import (
+    EVAL_SETTINGS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    ROSCOE_FILE,
+    TRAIN_LOG_FILE,
     read_json,
 )
 
-REPORT_FILE = "report.md"
-REPORT_JSON = "report.json"
-FIGURES_DIR = "figures"
-LOG_FILE = "log.jsonl"
-ROSCOE_FILE = "roscoe.jsonl"  # per-example ROSCOE scores, one line per prediction (by id)
 # The metrics compared per arm, where a task has them (acc and acc_norm: log-likelihood scoring).
 MAIN_METRICS = ("exact_match", "iou", "acc", "acc_norm")
 # The baselines every arm is compared with, where the grid has them (see ``baseline_roles``).
@@ -127,7 +128,7 @@ def _read_roscoe_file(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def _read_log(folder: Path) -> list[dict[str, Any]]:
-    path = folder / LOG_FILE
+    path = folder / TRAIN_LOG_FILE
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -136,9 +137,9 @@ def _read_log(folder: Path) -> list[dict[str, Any]]:
 def _check_same_evaluation(cells: Sequence[tuple[Cell, Path]]) -> None:
     """Cells compared on one table must have evaluated the same way."""
     first_cell, first_folder = cells[0]
-    reference = read_json(first_folder / SETTINGS_FILE) or {}
+    reference = read_json(first_folder / EVAL_SETTINGS_FILE) or {}
     for cell, folder in cells[1:]:
-        settings = read_json(folder / SETTINGS_FILE) or {}
+        settings = read_json(folder / EVAL_SETTINGS_FILE) or {}
         for key in COMPARED_SETTINGS:
             if settings.get(key) != reference.get(key):
                 raise GridError(
