@@ -72,6 +72,9 @@ GRID_KEYS = (
     "train",
     "model_train",
     "eval",
+    # How to run the grid, not what it is (seglm.cluster): read by seglm compare, not by Grid.
+    "launcher",
+    "slurm",
 )
 EVAL_KEYS = ("split", "limit", "max_new_tokens", "dtype", "scoring", "batch_size")
 SUMMARY_HEAD = (
