@@ -165,3 +165,26 @@ def test_an_unknown_slurm_parameter_is_refused_before_anything_runs(
     with pytest.raises(GridError, match="Unknown argument 'acount'"):
         run_grid_submitit(grid, tmp_path / "runs", settings)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_cell_trains_with_ddp_in_its_job(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real tiny model, two processes in the cell's job (what gpus_per_task=2 gives on a GPU
+    # node), through the local executor.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on a busy machine
+    out = tmp_path / "runs"
+    flags = ["--model", str(tiny_model), "--losses", "ce", "--seeds", "0,"]
+    flags += ["--eval-limit", "2", "--max-new-tokens", "3", "--out", str(out)]
+    flags += ["--train", "max_steps=2", "--train", "batch_size=2", "--train", "max_length=96"]
+    flags += ["--train", "eval_split=none"]
+    flags += ["--train", "task_options={train_size: 8, validation_size: 2, test_size: 2}"]
+    flags += ["--launcher", "submitit", "--slurm", "cluster=local", "--slurm", "processes=2"]
+    flags += ["--slurm", "poll_s=0.2"]
+    result = runner.invoke(app, ["compare", *flags])
+    assert result.exit_code == 0, result.output
+    (row,) = summarize(out)
+    assert row["status"] == "finished" and row["n"] == 2
+    report = json.loads((out / row["dir"] / "train_report.json").read_text())
+    assert report["world_size"] == 2 and report["global_step"] == 2
+    assert report["distributed_type"] == "MULTI_CPU"  # DDP over gloo
