@@ -133,6 +133,7 @@ def test_settings_from_the_grid_file_and_flags(tiny_model: Path, tmp_path: Path)
         "gpus_per_node": 2,
         "mem_gb": 64,
         "slurm_account": "lab",
+        "slurm_additional_parameters": {"requeue": True},
     }
 
 
@@ -188,3 +189,64 @@ def test_a_cell_trains_with_ddp_in_its_job(
     report = json.loads((out / row["dir"] / "train_report.json").read_text())
     assert report["world_size"] == 2 and report["global_step"] == 2
     assert report["distributed_type"] == "MULTI_CPU"  # DDP over gloo
+
+
+def test_local_gpu_slots_follow_the_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    from seglm.cluster import _gpu_slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5,6,7")
+    settings = SlurmSettings(cluster="local", gpus_per_task=2)
+    assert _gpu_slots(settings, "local") == [(2, 3), (5, 6)]
+    assert _gpu_slots(SlurmSettings(cluster="local", gpus_per_task=1), "local") == [
+        (2,),
+        (3,),
+        (5,),
+        (6,),
+        (7,),
+    ]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(GridError, match="0 visible GPU"):
+        _gpu_slots(settings, "local")
+    # Without GPUs: array_parallelism slots; on Slurm no slots (the array is throttled there).
+    assert _gpu_slots(SlurmSettings(array_parallelism=3), "local") == [(), (), ()]
+    assert _gpu_slots(SlurmSettings(array_parallelism=3), "slurm") == []
+
+
+def test_the_slurm_array_that_the_settings_give(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No Slurm here: a stand-in sbatch records the batch file that submitit hands it.
+    from seglm.cluster import CellJob, _executor
+    from seglm.experiments import Grid
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/batch.sh\necho "Submitted batch job 4242"\n')
+    sbatch.chmod(0o755)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    settings = parse_settings(
+        {"cluster": "slurm", "partition": "gpu", "gpus_per_task": 2, "account": "lab"},
+        ["cpus_per_process=8", "mem_gb=64", "timeout_min=90", "array_parallelism=2"],
+    )
+    grid = Grid(tasks=["arith"], models=[str(tiny_model)], losses=["ce", "lovasz", "focal"])
+    executor = _executor(settings, tmp_path / "runs")
+    with executor.batch():
+        jobs = [executor.submit(CellJob(grid, cell, tmp_path / "runs")) for cell in grid.cells()]
+    assert [job.job_id for job in jobs] == ["4242_0", "4242_1", "4242_2"]
+    batch = (tmp_path / "batch.sh").read_text()
+    for line in (
+        "#SBATCH --array=0-2%2",  # one task per cell, two at a time
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",  # one process per GPU: DDP in the cell
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=64GB",
+        "#SBATCH --time=90",
+        "#SBATCH --signal=USR2@90",  # submitit's requeue signal before the limit
+        "#SBATCH --requeue",
+    ):
+        assert line in batch, line

@@ -144,6 +144,12 @@ class SlurmSettings:
             "slurm_array_parallelism": self.array_parallelism,
             **{f"slurm_{key}": value for key, value in self.extra.items()},
         }
+        # --requeue: Slurm may requeue the job itself (node failure), and submitit's
+        # `scontrol requeue` works where the cluster's JobRequeue default is off.
+        additional = parameters.get("slurm_additional_parameters") or {}
+        if not isinstance(additional, dict):
+            raise GridError(f"slurm: additional_parameters must be a mapping, got {additional!r}")
+        parameters["slurm_additional_parameters"] = {"requeue": True, **additional}
         return {key: value for key, value in parameters.items() if value is not None}
 
     def describe(self) -> str:
@@ -231,13 +237,13 @@ def _executor(settings: SlurmSettings, root: Path) -> Any:
 
 def _gpu_slots(settings: SlurmSettings, cluster: str) -> list[tuple[int, ...]]:
     """On this machine (local executor): disjoint groups of ``gpus_per_task`` visible GPUs, one
-    per cell running at once; without GPUs, ``array_parallelism`` slots (default 1)."""
+    per cell running at once; without GPUs, ``array_parallelism`` slots (default 1); on Slurm
+    none."""
+    if cluster == "slurm":
+        return []  # the whole array at once: Slurm throttles it (array_parallelism)
     if cluster != "local" or settings.gpus_per_task == 0:
-        count = settings.array_parallelism or (1 if cluster in ("local", "debug") else 0)
-        return [()] * count  # 0: no limit (Slurm throttles the array itself)
-    import torch
-
-    visible = list(range(torch.cuda.device_count()))
+        return [()] * (settings.array_parallelism or 1)
+    visible = _visible_gpus()
     size = settings.gpus_per_task
     slots = [tuple(visible[i : i + size]) for i in range(0, len(visible) - size + 1, size)]
     if not slots:
@@ -245,6 +251,23 @@ def _gpu_slots(settings: SlurmSettings, cluster: str) -> list[tuple[int, ...]]:
             f"slurm: gpus_per_task={size} but this machine has {len(visible)} visible GPU(s)"
         )
     return slots[: settings.array_parallelism] if settings.array_parallelism else slots
+
+
+def _visible_gpus() -> list[int]:
+    """The GPUs this process may use, as indices a child's CUDA_VISIBLE_DEVICES names: the
+    parent's own CUDA_VISIBLE_DEVICES when it is set (a slot is a subset of it)."""
+    import torch
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return list(range(torch.cuda.device_count()))
+    items = [item.strip() for item in listed.split(",") if item.strip()]
+    if not all(item.isdigit() for item in items):
+        raise GridError(
+            f"slurm: cluster=local hands out GPUs by index, but CUDA_VISIBLE_DEVICES is "
+            f"{listed!r}; list indices instead"
+        )
+    return [int(item) for item in items]
 
 
 def run_grid_submitit(
