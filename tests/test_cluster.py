@@ -250,3 +250,25 @@ def test_the_slurm_array_that_the_settings_give(
         "#SBATCH --requeue",
     ):
         assert line in batch, line
+
+
+def test_the_debug_cluster_runs_the_cells_in_this_process(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from grid_fakes import FakeRuns
+
+    from seglm.cluster import run_grid_submitit
+    from seglm.experiments import Grid
+
+    fakes = FakeRuns(fail=lambda arm: arm.startswith("lovasz")).install(monkeypatch)
+    grid = Grid(tasks=["arith"], models=[str(tiny_model)], losses=["ce", "lovasz"], base=True)
+    seen = []
+    result = run_grid_submitit(
+        grid,
+        tmp_path / "runs",
+        SlurmSettings(cluster="debug"),
+        on_cell=lambda position, total, outcome: seen.append((position, total, outcome.status)),
+    )
+    assert seen == [(1, 3, "finished"), (2, 3, "finished"), (3, 3, "failed")]
+    assert len(fakes.trained) == 2 and result.count("failed") == 1
+    assert [row["status"] for row in result.rows] == ["finished", "finished", "failed"]
