@@ -109,6 +109,9 @@ def test_a_grid_through_the_local_executor_records_failures_and_completes_the_su
     assert again.exit_code == 0, again.output
     assert "submitting 2 cell(s)" in plain(again.output)
     assert {row["status"] for row in summarize(out)} == {"finished"}
+    # The report reads the runs folder as usual (the submitit folder beside the cells).
+    report = runner.invoke(app, ["report", str(out), "--resamples", "100"])
+    assert report.exit_code == 0, report.output
 
 
 def test_settings_from_the_grid_file_and_flags(tiny_model: Path, tmp_path: Path) -> None:
