@@ -275,3 +275,14 @@ def test_the_debug_cluster_runs_the_cells_in_this_process(
     assert seen == [(1, 3, "finished"), (2, 3, "finished"), (3, 3, "failed")]
     assert len(fakes.trained) == 2 and result.count("failed") == 1
     assert [row["status"] for row in result.rows] == ["finished", "finished", "failed"]
+
+
+def test_gpus_of_a_cell_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert SlurmSettings(cluster="slurm").resolved().gpus_per_task == 1
+    assert SlurmSettings(cluster="debug").resolved().gpus_per_task == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert SlurmSettings(cluster="local").resolved().gpus_per_task == 0  # a CPU machine
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert SlurmSettings(cluster="local").resolved().gpus_per_task == 1
+    assert SlurmSettings(cluster="local", gpus_per_task=0).resolved().gpus_per_task == 0
+    assert SlurmSettings(cluster="slurm", gpus_per_task=4).resolved().tasks == 4

@@ -78,7 +78,7 @@ class SlurmSettings:
 
     cluster: str = "auto"  # auto: Slurm where sbatch is on the PATH, else this machine
     partition: str | None = None
-    gpus_per_task: int = 0  # GPUs of one cell
+    gpus_per_task: int | None = None  # GPUs of one cell (default: 1 on Slurm, locally 1 if any)
     processes: int | None = None  # processes of one cell (default: one per GPU, at least one)
     cpus_per_process: int | None = None
     mem_gb: float | None = None  # memory of one cell's job
@@ -127,9 +127,27 @@ class SlurmSettings:
         return cls(**known, extra=extra)
 
     @property
+    def gpus(self) -> int:
+        return self.gpus_per_task or 0
+
+    @property
     def tasks(self) -> int:
         """Processes of one cell."""
-        return self.processes or max(1, self.gpus_per_task)
+        return self.processes or max(1, self.gpus)
+
+    def resolved(self) -> SlurmSettings:
+        """The cluster that ``auto`` finds, and the GPUs of a cell when not given: one on
+        Slurm, one on this machine when it has a GPU (the local executor hides the others from
+        each cell), none in this process (debug)."""
+        cluster = self.cluster
+        if cluster == "auto":
+            import submitit
+
+            cluster = submitit.AutoExecutor.which()
+        gpus = self.gpus_per_task
+        if gpus is None:
+            gpus = {"slurm": 1, "local": min(1, len(_visible_gpus()))}.get(cluster, 0)
+        return dataclasses.replace(self, cluster=cluster, gpus_per_task=gpus)
 
     def submitit_parameters(self) -> dict[str, Any]:
         """``AutoExecutor.update_parameters`` arguments (every cluster's)."""
@@ -137,7 +155,7 @@ class SlurmSettings:
             "timeout_min": self.timeout_min,
             "nodes": 1,
             "tasks_per_node": self.tasks,
-            "gpus_per_node": self.gpus_per_task,
+            "gpus_per_node": self.gpus,
             "cpus_per_task": self.cpus_per_process,
             "mem_gb": self.mem_gb,
             "slurm_partition": self.partition,
@@ -212,7 +230,7 @@ def check_settings(settings: SlurmSettings) -> None:
         _executor(dataclasses.replace(settings, folder=folder), Path(folder))
 
 
-def _executor(settings: SlurmSettings, root: Path) -> Any:
+def _import_submitit() -> Any:
     try:
         import submitit
     except ImportError:
@@ -220,6 +238,11 @@ def _executor(settings: SlurmSettings, root: Path) -> Any:
             "--launcher submitit needs the submitit package: pip install submitit "
             "(or pip install 'seglm[cluster]')"
         ) from None
+    return submitit
+
+
+def _executor(settings: SlurmSettings, root: Path) -> Any:
+    submitit = _import_submitit()
     folder = Path(settings.folder) if settings.folder else root / SUBMITIT_FOLDER
     cluster = None if settings.cluster == "auto" else settings.cluster
     try:
@@ -241,10 +264,10 @@ def _gpu_slots(settings: SlurmSettings, cluster: str) -> list[tuple[int, ...]]:
     none."""
     if cluster == "slurm":
         return []  # the whole array at once: Slurm throttles it (array_parallelism)
-    if cluster != "local" or settings.gpus_per_task == 0:
+    if cluster != "local" or settings.gpus == 0:
         return [()] * (settings.array_parallelism or 1)
     visible = _visible_gpus()
-    size = settings.gpus_per_task
+    size = settings.gpus
     slots = [tuple(visible[i : i + size]) for i in range(0, len(visible) - size + 1, size)]
     if not slots:
         raise GridError(
@@ -288,6 +311,8 @@ def run_grid_submitit(
         )
     root = Path(root)
     started = time.perf_counter()
+    _import_submitit()
+    settings = settings.resolved()
     check_settings(settings)
     check_grid(grid, root)
     prepare_root(grid, root)
