@@ -43,14 +43,14 @@ def fake_jobs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arms: dict[str, s
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"state": str(state), "arms": arms}))
     monkeypatch.setenv("SEGLM_FAKE_PLAN", str(plan))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKES), os.environ["PYTHONPATH"]]))
+    paths = [str(FAKES), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     return state
 
 
 def test_a_grid_through_the_local_executor_records_failures_and_completes_the_summary(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     attempts = fake_jobs(
         monkeypatch,
         tmp_path,
