@@ -38,6 +38,12 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("tied", {"adapter": "full", "loss": "ce=0.6,lovasz=0.4"}),
     # LoRA on the attention and on lm_head (the paper's Llama-2 and StableLM setting; their
     # output layers are not tied): the fused LoRA head.
+    # Accumulation (1 example x 2 micro-batches a process) and clipping that bites (the
+    # gradient norm is about 0.62): the norm is taken over every process's shards.
+    "accumulate-clip": (
+        "tied",
+        {"adapter": "full", "loss": "ce=0.6,lovasz=0.4", "grad_accum": 2, "max_grad_norm": 0.3},
+    ),
     "lora": (
         "untied",
         {
@@ -48,7 +54,11 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
-WEIGHTS = {"full": "model.safetensors", "lora": "adapter_model.safetensors"}
+WEIGHTS = {
+    "full": "model.safetensors",
+    "accumulate-clip": "model.safetensors",
+    "lora": "adapter_model.safetensors",
+}
 RTOL, ATOL = 1e-5, 1e-6
 
 
@@ -60,22 +70,22 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each run trained with FSDP2 on 2 processes x 2 examples (fsdp/NAME) and on 1 process x 4
+    """Each run trained with FSDP2 on 2 processes x 2 examples (1 x 2 micro-batches with
+    accumulation) (fsdp/NAME) and on 1 process x 4
     examples (single/NAME); the models in tied/ and untied/."""
     root = tmp_path_factory.mktemp("fsdp")
     save_tiny_model(root / "tied")
     save_tiny_model(root / "untied", tied=False)
 
-    def config(name: str, where: str, batch_size: int) -> dict[str, Any]:
+    def config(name: str, where: str) -> dict[str, Any]:
         model, settings = RUNS[name]
-        return {
+        values = {
             "model": str(root / model),
             "task": "arith",
             "task_options": {"train_size": 4},
             "eval_split": "none",
             "max_length": 96,
             "max_steps": 2,
-            "batch_size": batch_size,
             "optim": "sgd",
             "learning_rate": 0.5,
             "max_grad_norm": 0.0,
@@ -84,9 +94,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "output_dir": str(root / where / name),
             **settings,
         }
+        if where == "single":  # the global batch in one micro-batch
+            return {**values, "batch_size": 4, "grad_accum": 1}
+        return {**values, "batch_size": 2 // values.get("grad_accum", 1)}
 
     runs_file = root / "runs.json"
-    runs_file.write_text(json.dumps([config(name, "fsdp", 2) for name in RUNS]))
+    runs_file.write_text(json.dumps([config(name, "fsdp") for name in RUNS]))
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
         "--num_processes", "2", str(WORKER), str(runs_file),
@@ -96,7 +109,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     for name in RUNS:
-        train(config(name, "single", 4), progress=False)
+        train(config(name, "single"), progress=False)
     return {"fsdp": root / "fsdp", "single": root / "single", "tied": root / "tied"}
 
 
@@ -118,7 +131,7 @@ def test_fsdp2_takes_the_steps_of_one_process(runs: dict[str, Path], name: str) 
         # FSDP's full state dict holds the tied output layer as a copy of the embedding.
         assert torch.equal(got.pop("lm_head.weight"), got["model.embed_tokens.weight"])
     assert got.keys() == expected.keys()
-    if name == "full":
+    if WEIGHTS[name] == "model.safetensors":
         start = load_file(runs["tied"] / "model.safetensors")
         moved = max((value - start[key]).abs().max().item() for key, value in expected.items())
     else:  # LoRA's B matrices start at zero
