@@ -85,9 +85,45 @@ def add_adapter(model: Any, config: TrainConfig) -> Any:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, lora)
+        wrapped = get_peft_model(model, lora)
     except ValueError as error:
         raise ConfigError(f"field 'target_modules': {error}") from None
+    problem = fsdp_adapter_problem(wrapped)
+    if problem:
+        raise ConfigError(problem)
+    return wrapped
+
+
+def fsdp_adapter_problem(model: Any) -> str | None:
+    """LoRA on an output layer tied to the input embedding cannot go through accelerate's
+    FSDP2 with ``fsdp_cpu_ram_efficient_loading``: accelerate re-ties the weights with
+    ``model.tie_weights()``, which sets ``lm_head.weight`` on the PEFT layer and fails with
+    ``KeyError: "attribute 'weight' already exists"`` (accelerate 1.16, peft 0.21,
+    transformers 5.24; with the fused head or without)."""
+    import os
+
+    def enabled(variable: str) -> bool:
+        return os.environ.get(variable, "false").lower() in ("1", "true")
+
+    if not (
+        enabled("ACCELERATE_USE_FSDP")
+        and os.environ.get("FSDP_VERSION", "1") == "2"
+        and enabled("FSDP_CPU_RAM_EFFICIENT_LOADING")
+    ):
+        return None
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head, embedding = owner.get_output_embeddings(), owner.get_input_embeddings()
+    if head is None or embedding is None or not hasattr(head, "base_layer"):
+        return None  # no LoRA on the output layer
+    if head.base_layer.weight is not embedding.weight:
+        return None
+    return (
+        "LoRA on the output layer of a model whose output layer is tied to its input embedding "
+        "(tie_word_embeddings) cannot be sharded by accelerate's FSDP2 with "
+        "fsdp_cpu_ram_efficient_loading: true (re-tying the weights fails on the LoRA layer); "
+        "set fsdp_cpu_ram_efficient_loading: false in the accelerate config, or leave lm_head "
+        "out of target_modules"
+    )
 
 
 def adapter_summary(model: Any) -> dict[str, Any]:

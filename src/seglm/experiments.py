@@ -15,7 +15,9 @@ A cell is finished when its ``metrics.json`` exists: a rerun skips it, so an int
 resumes (a half-trained cell continues from its last checkpoint). A cell that fails writes its
 traceback to ``error.txt`` and the grid goes on; a rerun tries it again. Cells that share a seed
 share the data order (the Trainer's data seed) and every cell evaluates the same examples, so
-differences between cells of one seed come from the loss. docs/experiments.md has the details.
+differences between cells of one seed come from the loss. ``run_grid`` runs the cells one by one
+in this process (or every n-th with ``shard``); ``seglm.cluster`` runs each as a submitit job
+(a Slurm array). docs/experiments.md has the details.
 
 Importing this module is cheap: training and evaluation load inside the functions.
 """
@@ -79,6 +81,9 @@ GRID_KEYS = (
     "train",
     "model_train",
     "eval",
+    # How to run the grid, not what it is (seglm.cluster): read by seglm compare, not by Grid.
+    "launcher",
+    "slurm",
 )
 EVAL_KEYS = ("split", "limit", "max_new_tokens", "dtype", "scoring", "batch_size")
 SUMMARY_HEAD = (

@@ -146,6 +146,42 @@ def check_environment(config: TrainConfig) -> None:
             f"report_to {', '.join(missing)}: install the package(s) first "
             f"(pip install {' '.join(missing)})"
         )
+    problem = distributed_problem()
+    if problem:
+        raise ConfigError(problem)
+
+
+# accelerate launch sets these from an accelerate config's distributed_type.
+SHARDING_LAUNCHES: dict[str, str] = {
+    "FSDP": "ACCELERATE_USE_FSDP",
+    "DeepSpeed": "ACCELERATE_USE_DEEPSPEED",
+}
+
+
+def distributed_problem() -> str | None:
+    """An FSDP or DeepSpeed launch on a machine without a GPU: accelerate (1.16) turns them on
+    only for accelerator processes (``AcceleratorState`` sets FSDP for MULTI_GPU, MULTI_XPU, ...
+    but not MULTI_CPU, and DeepSpeed only when not on the CPU), so the run would silently train
+    with plain DDP, every process holding the whole model and optimiser state."""
+    import os
+
+    requested = [
+        name
+        for name, variable in SHARDING_LAUNCHES.items()
+        if os.environ.get(variable, "false").lower() in ("1", "true")
+    ]
+    if not requested or _has_accelerator():
+        return None
+    import accelerate
+
+    return (
+        f"{requested[0]} was requested (accelerate launch with distributed_type "
+        f"{requested[0].upper()}) on a machine without a GPU: accelerate "
+        f"{accelerate.__version__} turns {requested[0]} on only for GPU (and other accelerator) "
+        "processes and would train with plain DDP instead; on CPU use torchrun "
+        "--nproc_per_node N -m seglm train (DDP over gloo), on GPUs "
+        "configs/accelerate/fsdp.yaml (docs/training.md)"
+    )
 
 
 def check_task_name(name: str) -> None:
@@ -512,6 +548,7 @@ def _fit(
         ),
         "dtype": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "world_size": args.world_size,
+        **distributed_setup(trainer),
         "global_step": state.global_step,
         "resumed_from": resume_from,
         "resumed_from_step": progress.resumed_step if resume_from else None,
@@ -644,6 +681,17 @@ def logged_train_loss(log_history: list[dict[str, Any]], fallback: float) -> flo
             steps += event["step"] - previous
             previous = event["step"]
     return total / steps if steps else fallback
+
+
+def distributed_setup(trainer: Any) -> dict[str, Any]:
+    """How accelerate ran the processes (``distributed_type``: NO, MULTI_GPU, MULTI_CPU, FSDP,
+    DEEPSPEED, ...) and, under FSDP, which version."""
+    state = trainer.accelerator.state
+    setup: dict[str, Any] = {"distributed_type": str(state.distributed_type.value)}
+    plugin = getattr(state, "fsdp_plugin", None)
+    if plugin is not None:
+        setup["fsdp_version"] = plugin.fsdp_version
+    return setup
 
 
 def _reset_peak_rss() -> None:

@@ -30,10 +30,14 @@ def char_tokenizer() -> object:
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, unk_token=UNK)
 
 
-def save_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """Write a random 2-layer Llama and its character tokenizer to ``folder``."""
+def save_tiny_model(folder: Path, seed: int = 0, tied: bool = True) -> Path:
+    """Write a random 2-layer Llama and its character tokenizer to ``folder``; ``tied=False``
+    gives the output layer its own weight (a copy of the embedding), as Llama-2's has."""
     tokenizer = char_tokenizer()
     model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, seed=seed)
+    if not tied:
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
     model.config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

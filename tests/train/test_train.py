@@ -72,6 +72,7 @@ def test_run_folder_holds_config_weights_tokenizer_state_logs_and_report(
     assert 0 < report["adapter"]["trainable_params"] < report["adapter"]["total_params"]
     assert "model.layers.0.mlp.down_proj" in report["adapter"]["target_modules"]
     assert report["peak_rss_mib"] > 0 and report["steps_per_second"] > 0
+    assert report["distributed_type"] == "NO" and "fsdp_version" not in report
 
 
 def test_best_checkpoint_by_validation_loss_ends_at_the_root(tiny_config: dict[str, Any]) -> None:

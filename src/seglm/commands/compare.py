@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from seglm.cluster import SlurmSettings
     from seglm.experiments import CellOutcome, Grid, GridRun
 
 
@@ -73,6 +74,21 @@ def register(app: typer.Typer) -> None:
         shard: Annotated[
             str, typer.Option(help="i/n: run every n-th cell from the i-th (one process per GPU).")
         ] = "0/1",
+        launcher: Annotated[
+            str | None,
+            typer.Option(
+                help="none (cells one by one here) or submitit (one Slurm array task per cell; "
+                "default: the grid file's launcher, else none)."
+            ),
+        ] = None,
+        slurm: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--slurm",
+                help="A submitit setting KEY=VALUE (repeatable), e.g. partition=gpu, "
+                "gpus_per_task=1, timeout_min=240, array_parallelism=8, cluster=local.",
+            ),
+        ] = None,
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="List the cells and their status; run nothing.")
         ] = False,
@@ -100,10 +116,16 @@ def register(app: typer.Typer) -> None:
         try:
             grid = build_grid(grid_file, overrides, eval_overrides, train or [], preset, arm or [])
             shard_index = parse_shard(shard)
+            settings = launch_settings(grid_file, launcher, slurm or [], shard_index)
             if dry_run:
                 print_cells(grid, out)
+                if settings is not None:
+                    console.print(f"submitit: {settings.describe()}", highlight=False)
                 return
-            outcome = run(grid, out, shard_index, quiet, console)
+            if settings is not None:
+                outcome = run_on_cluster(grid, out, settings, console)
+            else:
+                outcome = run(grid, out, shard_index, quiet, console)
         except GridError as error:
             console.print(f"[red]error:[/red] {error}", highlight=False)
             raise typer.Exit(1) from None
@@ -161,9 +183,34 @@ def build_grid(
     return Grid.from_dict(values, where)
 
 
-def run(grid: Grid, out: Path, shard: tuple[int, int], quiet: bool, console: Console) -> GridRun:
-    from seglm.experiments import run_grid
+def launch_settings(
+    grid_file: Path | None, launcher: str | None, items: list[str], shard: tuple[int, int]
+) -> SlurmSettings | None:
+    """The submitit settings when the grid runs through submitit (--launcher, else the grid
+    file's ``launcher:``), from the file's ``slurm:`` mapping and the --slurm items."""
+    from seglm.cluster import LAUNCHERS, parse_settings
+    from seglm.experiments import GridError, read_grid_values
 
+    values = read_grid_values(grid_file) if grid_file is not None else {}
+    chosen = launcher if launcher is not None else values.get("launcher", "none")
+    if chosen not in LAUNCHERS:
+        raise GridError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {chosen!r}")
+    slurm = values.get("slurm")
+    if slurm is not None and not isinstance(slurm, dict):
+        raise GridError(f"{grid_file}: slurm: expected a mapping of settings, got {slurm!r}")
+    if chosen == "none":
+        if items:
+            raise GridError("--slurm settings need --launcher submitit")
+        return None
+    if shard != (0, 1):
+        raise GridError(
+            "--shard and --launcher submitit exclude each other: submitit runs every cell as "
+            "its own array task"
+        )
+    return parse_settings(slurm, items)
+
+
+def _announcer(console: Console) -> Any:
     def announce(position: int, total: int, outcome: CellOutcome) -> None:
         colour = {"finished": "green", "skipped": "dim", "failed": "red"}[outcome.status]
         detail = f" in {outcome.seconds:.0f} s" if outcome.status == "finished" else ""
@@ -174,13 +221,40 @@ def run(grid: Grid, out: Path, shard: tuple[int, int], quiet: bool, console: Con
             highlight=False,
         )
 
-    result = run_grid(grid, out, progress=not quiet, shard=shard, on_cell=announce)
+    return announce
+
+
+def _report(result: GridRun, out: Path, console: Console) -> None:
     console.print(
         f"{result.count('finished')} cells run, {result.count('skipped')} already finished, "
         f"{result.count('failed')} failed, in {result.seconds:.0f} s. Summary: "
         f"{out / 'summary.csv'}; report: seglm report {out}",
         highlight=False,
     )
+
+
+def run(grid: Grid, out: Path, shard: tuple[int, int], quiet: bool, console: Console) -> GridRun:
+    from seglm.experiments import run_grid
+
+    result = run_grid(grid, out, progress=not quiet, shard=shard, on_cell=_announcer(console))
+    _report(result, out, console)
+    return result
+
+
+def run_on_cluster(grid: Grid, out: Path, settings: SlurmSettings, console: Console) -> GridRun:
+    from seglm.cluster import run_grid_submitit
+
+    def submitted(cluster: str, count: int) -> None:
+        console.print(
+            f"submitting {count} cell(s) to submitit ({cluster}) and waiting for them "
+            f"(logs in {settings.folder or out / 'submitit'})",
+            highlight=False,
+        )
+
+    result = run_grid_submitit(
+        grid, out, settings, on_cell=_announcer(console), on_submit=submitted
+    )
+    _report(result, out, console)
     return result
 
 
