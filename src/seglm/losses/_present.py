@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ._statistics import row_statistics
+from ._tokens import select_valid
 
 
 @dataclass
@@ -85,3 +86,15 @@ def present_class_statistics(
         logits, rows, targets, rows[layout.tokens], layout.pair_class
     )
     return ce, log_normalizer, present_class_probs(layout, pair_logits, log_normalizer)
+
+
+def valid_present_class_probs(
+    logits: Tensor, targets: Tensor, ignore_index: int, group: str
+) -> PresentClassProbs | None:
+    """Present-class probabilities of the valid positions, or None when all are ignored."""
+    tokens = select_valid(logits, targets, ignore_index, group)
+    if tokens.rows.numel() == 0:
+        return None
+    return present_class_statistics(
+        tokens.logits, tokens.rows, tokens.targets, tokens.group_ids, tokens.num_groups
+    )[2]

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from seglm.choices import check_choice
 
-from ._present import PresentClassProbs, present_class_statistics
-from ._tokens import GROUPS, connected_zero, select_valid
+from ._present import PresentClassProbs, valid_present_class_probs
+from ._tokens import GROUPS, connected_zero
 from .cross_entropy import target_complement, token_mean, valid_token_cross_entropy
 
 WEIGHTINGS: tuple[str, ...] = ("square", "simple", "uniform")
@@ -98,18 +98,6 @@ def generalized_dice_from_probs(
         union = union + absent_weight * absent_mass
     loss = 1 - 2 * (intersection + smooth) / (union + smooth)
     return loss.mean()
-
-
-def valid_present_class_probs(
-    logits: Tensor, targets: Tensor, ignore_index: int, group: str
-) -> PresentClassProbs | None:
-    """Present-class probabilities of the valid positions, or None when all are ignored."""
-    tokens = select_valid(logits, targets, ignore_index, group)
-    if tokens.rows.numel() == 0:
-        return None
-    return present_class_statistics(
-        tokens.logits, tokens.rows, tokens.targets, tokens.group_ids, tokens.num_groups
-    )[2]
 
 
 def generalized_dice_loss(

@@ -7,9 +7,8 @@ from torch import Tensor, nn
 
 from seglm.choices import check_choice
 
-from ._present import PresentClassProbs
+from ._present import PresentClassProbs, valid_present_class_probs
 from ._tokens import GROUPS, connected_zero, per_group_mean
-from .dice import valid_present_class_probs
 
 
 def lovasz_from_probs(present: PresentClassProbs) -> Tensor:

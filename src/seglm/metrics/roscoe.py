@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-from tqdm.auto import tqdm
+from rich.progress import Progress
 
 from .roscoe_models import (
     ROSCOE_GRAMMAR_MODEL,
@@ -404,7 +404,8 @@ class RoscoeScorer:
         chains = [_parse_example(index, example) for index, example in enumerate(examples)]
         scores: list[dict[str, float | None]] = []
         show = self.config.progress and len(chains) > _CHUNK
-        with tqdm(total=len(chains), desc="ROSCOE", unit="example", disable=not show) as bar:
+        with Progress(transient=True, disable=not show) as bar:
+            task = bar.add_task("ROSCOE", total=len(chains))
             for start in range(0, len(chains), _CHUNK):
                 chunk = chains[start : start + _CHUNK]
                 self._precompute([chain for chain in chunk if chain.steps and chain.source])
@@ -412,7 +413,7 @@ class RoscoeScorer:
                 tokens = self._caches.get("token")
                 if tokens is not None and len(tokens) > _MAX_CACHED_TOKEN_TEXTS:
                     tokens.clear()
-                bar.update(len(chunk))
+                bar.update(task, advance=len(chunk))
         return RoscoeResult(scores, list(self.skipped), dict(self.models.names))
 
     def _precompute(self, chains: list[_Chain]) -> None:

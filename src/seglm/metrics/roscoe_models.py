@@ -21,12 +21,26 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .roscoe import RoscoeConfig
+
+class ModelChoices(Protocol):
+    """What loading the models reads of a ``seglm.metrics.roscoe.RoscoeConfig`` (a protocol,
+    so that this module does not import the one that imports it)."""
+
+    sentence_model: str | None
+    token_model: str | None
+    nli_model: str
+    perplexity_model: str | None
+    grammar_model: str
+    nli_contradiction_label: str | int | None
+    grammar_acceptable_label: str | int | None
+    batch_size: int
+    max_length: int
+    device: str | None
+
 
 SentenceEmbedder = Callable[[list[str]], np.ndarray]
 TokenEmbedder = Callable[[list[str]], Sequence[np.ndarray]]
@@ -291,7 +305,7 @@ def _model_folder(name: str) -> str:
 class _Loader:
     """Loads the models of the requested roles, each from its candidate names in order."""
 
-    def __init__(self, config: RoscoeConfig) -> None:
+    def __init__(self, config: ModelChoices) -> None:
         self.config = config
         self.device = config.device or default_device()
         self._encoders: dict[str, TransformerEncoder] = {}
@@ -360,7 +374,7 @@ class _Loader:
         return CausalLMPerplexity(model, load_tokenizer(path), self.config.max_length)
 
 
-def load_models(config: RoscoeConfig, roles: Iterable[str]) -> RoscoeModels:
+def load_models(config: ModelChoices, roles: Iterable[str]) -> RoscoeModels:
     """Load the model of each role in ``roles``; a role none of whose candidates loads is
     recorded in ``unavailable`` with every candidate's reason."""
     loader = _Loader(config)
