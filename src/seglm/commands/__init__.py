@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
 import typer
 
+from seglm.metrics.exact_match import ANSWER_MATCHES
 
-class AnswerMatch(str, Enum):
-    """How exact match reads answers (``seglm.metrics.exact_match.ANSWER_MATCHES``)."""
 
-    seglm = "seglm"
-    lm_eval = "lm-eval"
+def choice_enum(name: str, values: Sequence[str]) -> Any:
+    """A str Enum of ``values`` for a typer option, built from the tuple it mirrors (members
+    named like the values, ``-`` as ``_``)."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
+
+
+# How exact match reads answers.
+AnswerMatch = choice_enum("AnswerMatch", ANSWER_MATCHES)
 
 
 ANSWER_MATCH_HELP = (

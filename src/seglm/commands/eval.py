@@ -4,13 +4,14 @@ adapter, or a seglm run folder on a task split (docs/evaluation.md)."""
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from seglm.commands import ANSWER_MATCH_HELP, AnswerMatch, roscoe_config
+from seglm.commands import ANSWER_MATCH_HELP, AnswerMatch, choice_enum, roscoe_config
+from seglm.config import DTYPES
+from seglm.evaluate import SCORINGS
 
 if TYPE_CHECKING:
     from seglm.evaluate import EvalResult
@@ -18,17 +19,8 @@ if TYPE_CHECKING:
 DEFAULT_SEED = 1234  # seglm.evaluate.LM_EVAL_FEWSHOT_SEED; not imported to keep start-up cheap
 
 
-class Scoring(str, Enum):
-    generate = "generate"
-    loglik = "loglik"
-    both = "both"
-
-
-class Dtype(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    auto = "auto"
+Scoring = choice_enum("Scoring", SCORINGS)
+Dtype = choice_enum("Dtype", DTYPES)
 
 
 def register(app: typer.Typer) -> None:

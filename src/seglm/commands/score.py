@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from seglm.commands import ANSWER_MATCH_HELP, AnswerMatch
+from seglm.commands import ANSWER_MATCH_HELP, AnswerMatch, choice_enum
+from seglm.metrics.exact_match import ANSWER_FORMATS
 
 if TYPE_CHECKING:
     from seglm.metrics import ScoredExample
 
 
-class AnswerFormat(str, Enum):
-    """The answer formats of ``seglm.metrics`` (``ANSWER_FORMATS``)."""
-
-    gsm8k = "gsm8k"
-    mathqa = "mathqa"
-    choice = "choice"
-    text = "text"
+AnswerFormat = choice_enum("AnswerFormat", ANSWER_FORMATS)
 
 
 def register(app: typer.Typer) -> None:
