@@ -148,7 +148,7 @@ def test_settings_from_the_grid_file_and_flags(tiny_model: Path, tmp_path: Path)
         (["--launcher", "submitit", "--shard", "0/2"], "--shard and --launcher submitit"),
         (["--launcher", "submitit", "--slurm", "gpus_per_task=-1"], "gpus_per_task must be"),
         (["--launcher", "submitit", "--slurm", "cluster=pbs"], "cluster must be one of"),
-        (["--launcher", "submitit", "--slurm", "partition"], "--slurm expects KEY=VALUE"),
+        (["--launcher", "submitit", "--slurm", "partition"], "--slurm expects key=value"),
     ],
 )
 def test_bad_launch_settings_are_refused(tiny_model: Path, args: list[str], message: str) -> None:

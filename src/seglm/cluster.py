@@ -179,17 +179,12 @@ class SlurmSettings:
 def parse_settings(values: dict[str, Any] | None, items: list[str]) -> SlurmSettings:
     """The grid file's ``slurm:`` mapping, then ``--slurm KEY=VALUE`` items (values read as
     YAML)."""
-    from seglm.config import ConfigError, read_value
+    from seglm.config import ConfigError, read_items
 
-    merged = dict(values or {})
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise GridError(f"--slurm expects KEY=VALUE, got {item!r}")
-        try:
-            merged[key.strip()] = read_value(text, f"--slurm {key.strip()}")
-        except ConfigError as error:
-            raise GridError(str(error)) from None
+    try:
+        merged = {**(values or {}), **read_items(list(items), "--slurm")}
+    except ConfigError as error:
+        raise GridError(str(error)) from None
     try:
         return SlurmSettings.from_mapping(merged)
     except TypeError as error:  # a value of the wrong kind for a dataclass field

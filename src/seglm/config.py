@@ -304,12 +304,21 @@ def _coerce_mapping(value: Any, what: str) -> dict[str, Any]:
     pairs = [value] if isinstance(value, str) else value
     if not isinstance(pairs, list | tuple):
         raise ConfigError(f"{what} expects a mapping or key=value items, got {value!r}")
+    return read_items([str(pair) for pair in pairs], what, lambda key: f"{what}: option {key!r}")
+
+
+def read_items(
+    items: list[str], what: str, label: typing.Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """``["key=value", ...]`` as a mapping, each value read as YAML (:func:`read_value`);
+    ``label(key)`` names one item in errors (default ``"{what} {key}"``)."""
     mapping: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = str(pair).partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{what} expects key=value, got {pair!r}")
-        mapping[key.strip()] = read_value(raw, f"{what}: option {key.strip()!r}")
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{what} expects key=value, got {item!r}")
+        mapping[key] = read_value(raw, label(key) if label else f"{what} {key}")
     return mapping
 
 

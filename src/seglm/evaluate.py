@@ -57,6 +57,7 @@ from seglm.runs import (
     PREDICTIONS_FILE,
     RUN_CONFIG_FILE,
     TRAIN_REPORT_FILE,
+    differences,
     folder_problem,
     last_complete_checkpoint,
     write_atomically,
@@ -378,10 +379,9 @@ def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> N
             previous = json.loads(settings_file.read_text())
         except ValueError as error:
             raise EvalError(f"{settings_file}: not valid JSON ({error})") from None
-        current = settings.to_dict()
-        changed = [key for key in current if previous.get(key) != current[key]]
+        changed = differences(previous, settings.to_dict())
         if changed:
-            details = "; ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)
+            details = "; ".join(changed)
             raise EvalError(
                 f"{out_dir} holds another evaluation ({details}); pass --overwrite to replace "
                 "it or choose another output folder"

@@ -52,6 +52,7 @@ from seglm.runs import (
     SUMMARY_CSV,
     SUMMARY_JSON,
     TRAIN_REPORT_FILE,
+    differences,
     folder_problem,
     last_complete_checkpoint,
     read_json,
@@ -576,17 +577,6 @@ def grid_cells(values: dict[str, Any]) -> list[Cell]:
     return grid.cells()
 
 
-def _differences(previous: Any, current: Any, prefix: str = "") -> list[str]:
-    if isinstance(previous, dict) and isinstance(current, dict):
-        found = []
-        for key in _distinct([*previous, *current]):
-            found += _differences(previous.get(key), current.get(key), f"{prefix}{key}.")
-        return found
-    if previous != current:
-        return [f"{prefix.rstrip('.')}: {previous!r} -> {current!r}"]
-    return []
-
-
 def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
     """Write grid.json, or check that the folder's grid is compatible and extend its axes
     (more losses, λ or seeds); an incompatible grid is refused naming the differing keys."""
@@ -600,7 +590,7 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
     if path.is_file():
         previous = read_grid_file(root)
         identity = {key: current[key] for key in grid.identity()}
-        changed = _differences({key: previous.get(key) for key in identity}, identity)
+        changed = differences({key: previous.get(key) for key in identity}, identity)
         if changed:
             raise GridError(
                 f"{root} holds another grid ({'; '.join(changed)}); a grid may only be extended "

@@ -58,6 +58,20 @@ def folder_problem(path: Path) -> str | None:
     return None
 
 
+def differences(previous: Any, current: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for each value of ``current`` that ``previous`` does not have, nested
+    mappings key by key (``train.learning_rate: 0.001 -> 0.0005``): what the "same run, or
+    refuse" checks of run, evaluation and grid folders name."""
+    if isinstance(previous, dict) and isinstance(current, dict):
+        found = []
+        for key in current:
+            found += differences(previous.get(key), current[key], f"{prefix}{key}.")
+        return found
+    if previous != current:
+        return [f"{prefix.rstrip('.')}: {previous!r} -> {current!r}"]
+    return []
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Readers see the old file or the new one, never half of it, even after a power cut (the
     staging file is synced before the rename); the process id keeps concurrent writers

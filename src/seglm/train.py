@@ -47,6 +47,7 @@ from seglm.runs import (
     TRAIN_LOG_FILE,
     TRAIN_REPORT_FILE,
     checkpoints,
+    differences,
     folder_problem,
     last_complete_checkpoint,
     write_json,
@@ -259,11 +260,9 @@ def check_run_dir(config: TrainConfig) -> str | None:
 
 
 def _check_same_run(config: TrainConfig, run_dir: Path, prefix: str) -> None:
-    previous = load_run_config(run_dir).identity()
-    current = config.identity()
-    changed = [k for k in current if previous.get(k) != current[k]]
+    changed = differences(load_run_config(run_dir).identity(), config.identity())
     if changed:
-        details = "; ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)
+        details = "; ".join(changed)
         raise ConfigError(
             f"{prefix}output folder {run_dir} holds a different run ({details}); "
             "pass --overwrite to replace it or choose another --output-dir"

@@ -142,7 +142,7 @@ def build_grid(
     arm_items: Sequence[str] = (),
 ) -> Grid:
     """The grid file's values (or the defaults: arith, smollm2-135m-instruct), then the flags."""
-    from seglm.config import ConfigError, read_value
+    from seglm.config import ConfigError, read_items
     from seglm.experiments import Grid, GridError, read_grid_values
 
     if grid_file is None:
@@ -157,15 +157,10 @@ def build_grid(
         **(values.get("eval") or {}),
         **{key: value for key, value in eval_overrides.items() if value is not None},
     }
-    train = dict(values.get("train") or {})
-    for item in train_items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise GridError(f"--train expects key=value, got {item!r}")
-        try:
-            train[key.strip()] = read_value(text, f"--train {key.strip()}")
-        except ConfigError as error:
-            raise GridError(str(error)) from None
+    try:
+        train = {**(values.get("train") or {}), **read_items(train_items, "--train")}
+    except ConfigError as error:
+        raise GridError(str(error)) from None
     if preset is not None:
         train["preset"] = preset
     values["train"] = train
