@@ -58,7 +58,7 @@ LABELS = {
     "exact_match": "exact match",
     "iou": "IoU of reasoning steps",
     "acc": "acc (log-likelihood)",
-    "acc_norm": "acc_norm (log-likelihood per byte)",
+    "acc_norm": "acc_norm (per byte)",
     "missing_steps": "missing steps",
     "extra_steps": "extra steps",
     "repetitions": "repetitions",
