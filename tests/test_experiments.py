@@ -19,7 +19,6 @@ from grid_fakes import FakeRuns
 from train._helpers import one_torch_thread, save_tiny_model
 
 from seglm.experiments import (
-    GRID_FILE,
     Cell,
     EvalSpec,
     Grid,
@@ -31,6 +30,7 @@ from seglm.experiments import (
     run_grid,
     summarize,
 )
+from seglm.runs import GRID_FILE
 
 
 @pytest.fixture(autouse=True)

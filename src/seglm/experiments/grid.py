@@ -1,39 +1,14 @@
-"""Grids of runs: one model fine-tuned with CE and with each loss, evaluated side by side.
-
-A grid is tasks x models x arms x seeds. The arms are each loss at each λ, trained with
-``λ·CE + (1 − λ)·loss`` (CE alone for ``ce``), and any *named arms*, each with its own loss spec
-(``ce-answer: ce@answer=1``, the control ``ce=0.6,ce@answer=0.4``). Each *cell* trains one arm
-with one seed and evaluates the result, in its own folder under the runs folder::
-
-    RUNS/grid.json                                  what the grid is (checked on every rerun)
-    RUNS/summary.csv, RUNS/summary.json             one row per cell: status, metrics, timings
-    RUNS/{task}/{model}/base/                       the untrained model, evaluated (optional)
-    RUNS/{task}/{model}/{loss}-lam{λ}/seed{s}/      a run folder (seglm.train) + its evaluation
-    RUNS/{task}/{model}/{arm name}/seed{s}/         the same for a named arm
-
-A cell is finished when its ``metrics.json`` exists: a rerun skips it, so an interrupted grid
-resumes (a half-trained cell continues from its last checkpoint). A cell that fails writes its
-traceback to ``error.txt`` and the grid goes on; a rerun tries it again. Cells that share a seed
-share the data order (the Trainer's data seed) and every cell evaluates the same examples, so
-differences between cells of one seed come from the loss. ``run_grid`` runs the cells one by one
-in this process (or every n-th with ``shard``); ``seglm.cluster`` runs each as a submitit job
-(a Slurm array). docs/experiments.md has the details.
-
-Importing this module is cheap: training and evaluation load inside the functions.
-"""
+"""The grid: its file format and checks (tasks x models x arms x seeds), its cells, the
+runs folder's grid.json."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import os
 import re
-import time
-import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,21 +20,14 @@ from seglm.evaluate import SCORINGS
 
 # Written last by seglm.evaluate and seglm.train: METRICS_FILE's presence finishes a cell.
 from seglm.runs import (
-    CELL_ERROR_FILE,
     GRID_FILE,
-    METRICS_FILE,
-    RUN_CONFIG_FILE,
-    SUMMARY_CSV,
-    SUMMARY_JSON,
-    TRAIN_REPORT_FILE,
     differences,
     folder_problem,
-    last_complete_checkpoint,
-    read_json,
     write_atomically,
 )
 
 logger = logging.getLogger(__name__)
+
 
 BASE = "base"
 CE = "ce"
@@ -223,13 +191,13 @@ class Grid:
         if not self.losses and not self.arms:
             raise GridError("empty grid: 'losses' and 'arms' list nothing")
         try:
-            self.losses = _distinct(canonical_loss_name(loss) for loss in self.losses)
+            self.losses = distinct(canonical_loss_name(loss) for loss in self.losses)
         except ValueError as error:
             raise GridError(f"losses: {error}") from None
-        self.tasks = _distinct(task.strip().lower() for task in self.tasks)
-        self.models = _distinct(self.models)
-        self.seeds = _distinct(self.seeds)
-        self.lambdas = _distinct(float(lam) for lam in self.lambdas)
+        self.tasks = distinct(task.strip().lower() for task in self.tasks)
+        self.models = distinct(self.models)
+        self.seeds = distinct(self.seeds)
+        self.lambdas = distinct(float(lam) for lam in self.lambdas)
         self._check_values()
         self.arms = self._checked_arms()
         self.train = _check_train_settings(self.train, "train")
@@ -361,7 +329,7 @@ class Grid:
             ) from None
 
 
-def _distinct(values: Iterable[Any]) -> list[Any]:
+def distinct(values: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
@@ -584,7 +552,7 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
     problem = folder_problem(root)
     if problem:
         raise GridError(f"runs folder: {problem}; choose another --out")
-    if not _is_main_process():  # rank 0 checks and writes the folder
+    if not is_main_process():  # rank 0 checks and writes the folder
         return current
     path = root / GRID_FILE
     if path.is_file():
@@ -597,7 +565,7 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
                 "with more losses, lambdas or seeds: use another runs folder"
             )
         for axis in ("losses", "lambdas", "seeds"):
-            current[axis] = _distinct([*previous[axis], *current[axis]])
+            current[axis] = distinct([*previous[axis], *current[axis]])
         current["arms"] = _merged_arms(previous.get("arms", {}), current["arms"], root)
         current["base"] = bool(previous.get("base")) or grid.base
     elif root.exists() and any(root.iterdir()):
@@ -607,9 +575,6 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(current, indent=2) + "\n")
     return current
-
-
-# -- running cells -----------------------------------------------------------------------------
 
 
 def _merged_arms(previous: dict[str, str], current: dict[str, str], root: Path) -> dict[str, str]:
@@ -623,204 +588,5 @@ def _merged_arms(previous: dict[str, str], current: dict[str, str], root: Path) 
     return {**previous, **current}
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def _barrier() -> None:
-    """Under a multi-process launch, ranks wait for rank 0's evaluation of a cell."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-@dataclass
-class CellOutcome:
-    cell: Cell
-    status: str  # finished, skipped (finished before), failed
-    seconds: float
-    error: str | None = None
-
-
-def run_cell(grid: Grid, cell: Cell, root: Path, progress: bool = True) -> CellOutcome:
-    """Train (unless the base model or already trained) and evaluate one cell; a failure is
-    written to the cell's error.txt and returned, never raised."""
-    folder = root / cell.relative_dir
-    if (folder / METRICS_FILE).is_file():
-        return CellOutcome(cell, "skipped", 0.0)
-    started = time.perf_counter()
-    (folder / CELL_ERROR_FILE).unlink(missing_ok=True)
-    try:
-        if cell.is_base:
-            config = cell_config(grid, Cell(cell.task, cell.model, CE, 1.0, grid.seeds[0]), root)
-            _evaluate(grid, cell.model, folder, config, config.task, progress)
-        else:
-            config = cell_config(grid, cell, root)
-            if not (folder / TRAIN_REPORT_FILE).is_file():
-                _train(config, progress)
-            _barrier()
-            _evaluate(grid, folder, folder, config, None, progress)
-    except Exception as error:  # one failed cell must not stop the grid
-        if _is_main_process():
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / CELL_ERROR_FILE).write_text(traceback.format_exc())
-        summary = f"{type(error).__name__}: {error}".splitlines()[0]
-        return CellOutcome(cell, "failed", time.perf_counter() - started, summary)
-    return CellOutcome(cell, "finished", time.perf_counter() - started)
-
-
-def _train(config: TrainConfig, progress: bool) -> None:
-    from seglm.train import train
-
-    folder = config.run_dir
-    if (folder / RUN_CONFIG_FILE).is_file():
-        # An interrupted attempt: continue from its last complete checkpoint (a kill while
-        # saving leaves an incomplete one), or start it again.
-        has_checkpoint = last_complete_checkpoint(folder)[0] is not None
-        config = dataclasses.replace(config, resume=has_checkpoint, overwrite=not has_checkpoint)
-    train(config, progress=progress)
-
-
-def _evaluate(
-    grid: Grid,
-    model_ref: str | Path,
-    folder: Path,
-    config: TrainConfig,
-    task: str | None,
-    progress: bool,
-) -> None:
-    """Every rank evaluates its share of the examples and rank 0 writes the results
-    (seglm.evaluate under a multi-process launch); a failure on any rank fails the cell on all,
-    so the ranks start the next cell together."""
-    from seglm.evaluate import evaluate  # looked up at call time: tests replace it
-
-    evaluate(
-        str(model_ref),
-        task,
-        grid.eval.split,
-        folder,
-        task_options=config.task_options if task is not None else None,
-        scoring=grid.eval.scoring,
-        limit=grid.eval.limit,
-        batch_size=grid.eval.batch_size,
-        dtype=grid.eval.dtype,
-        max_new_tokens=grid.eval.max_new_tokens,
-        data_dir=config.data_dir,
-        progress=progress,
-        # The grid file's setting (what trained the cell), not the folder's config.yaml.
-        trust_remote_code=config.trust_remote_code,
-    )
-
-
-@dataclass
-class GridRun:
-    root: Path
-    outcomes: list[CellOutcome]
-    rows: list[dict[str, Any]]
-    seconds: float
-
-    def count(self, status: str) -> int:
-        return sum(outcome.status == status for outcome in self.outcomes)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"``: this process runs the cells whose position modulo n is i."""
-    index, sep, count = text.partition("/")
-    try:
-        shard = (int(index), int(count))
-    except ValueError:
-        shard = (-1, 0)
-    if not sep or not 0 <= shard[0] < shard[1]:
-        raise GridError(f"shard must look like i/n with 0 <= i < n, got {text!r}")
-    return shard
-
-
-def run_grid(
-    grid: Grid,
-    root: str | os.PathLike[str],
-    *,
-    progress: bool = True,
-    shard: tuple[int, int] = (0, 1),
-    on_cell: Callable[[int, int, CellOutcome], None] = lambda position, total, outcome: None,
-) -> GridRun:
-    """Check the grid, then run its unfinished cells (those of ``shard``) one by one, rewriting
-    the summary after each. Raises :class:`GridError` before anything trains."""
-    root = Path(root)
-    started = time.perf_counter()
-    check_grid(grid, root)
-    prepare_root(grid, root)
-    mine = [cell for i, cell in enumerate(grid.cells()) if i % shard[1] == shard[0]]
-    outcomes = []
-    rows: list[dict[str, Any]] | None = None
-    for position, cell in enumerate(mine, start=1):
-        outcome = run_cell(grid, cell, root, progress)
-        outcomes.append(outcome)
-        if _is_main_process():
-            rows = write_summary(root)
-            on_cell(position, len(mine), outcome)
-    if rows is None:  # nothing ran here, or another process writes the summary
-        rows = summarize(root)
-    return GridRun(root, outcomes, rows, time.perf_counter() - started)
-
-
-# -- the summary -------------------------------------------------------------------------------
-
-
-def cell_row(root: Path, cell: Cell) -> dict[str, Any]:
-    """A cell's status, metrics and timings, as one summary row."""
-    folder = root / cell.relative_dir
-    row: dict[str, Any] = {
-        "task": cell.task,
-        "model": cell.model,
-        "arm": cell.arm,
-        "loss": cell.loss,
-        "lambda": cell.lam,
-        "seed": cell.seed,
-        "dir": str(cell.relative_dir),
-    }
-    metrics = read_json(folder / METRICS_FILE)
-    trained = read_json(folder / TRAIN_REPORT_FILE) or {}
-    if metrics is not None:
-        row["status"] = "finished"
-        row["n"] = metrics.get("n")
-        row["eval_s"] = (metrics.get("throughput") or {}).get("seconds")
-        row.update(metrics.get("metrics", {}))
-    elif (folder / CELL_ERROR_FILE).is_file():
-        row["status"] = "failed"
-        lines = (folder / CELL_ERROR_FILE).read_text().strip().splitlines()
-        row["error"] = lines[-1] if lines else "unknown error"
-    else:
-        row["status"] = "pending"
-    row["train_s"] = trained.get("wall_time_s")
-    row["steps"] = trained.get("global_step")
-    return row
-
-
-def summarize(
-    root: str | os.PathLike[str], grid_file: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
-    """One row per cell of the folder's grid (``grid_file``: grid.json, if already read)."""
-    root = Path(root)
-    cells = grid_cells(grid_file if grid_file is not None else read_grid_file(root))
-    return [cell_row(root, cell) for cell in cells]
-
-
-def write_summary(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """summary.json (the grid and one row per cell) and summary.csv (the same rows)."""
-    root = Path(root)
-    grid_file = read_grid_file(root)
-    rows = summarize(root, grid_file)
-    payload = {"grid": grid_file, "cells": rows}
-    write_atomically(root / SUMMARY_JSON, json.dumps(payload, indent=2) + "\n")
-    columns = _distinct([*SUMMARY_HEAD, *(key for row in rows for key in row)])
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=columns, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomically(root / SUMMARY_CSV, table.getvalue())
-    return rows
-
-
-def finished_cells(root: Path, cells: Sequence[Cell]) -> list[Cell]:
-    return [cell for cell in cells if (root / cell.relative_dir / METRICS_FILE).is_file()]
