@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -623,22 +622,6 @@ def draw_shots(pool: Sequence[Example], shots: int, seed: int, example: Example)
     return random.Random(f"{seed}:{example.id}").sample(pool, shots)
 
 
-def loglik_query(task: Task, example: Example) -> tuple[str, list[str]]:
-    """lm-evaluation-harness's context and choices: the question alone (no letters), each choice
-    a continuation. HellaSwag's context is ``activity_label: ctx``, cleaned like lm-eval's."""
-    assert example.choices is not None
-    if task.name == "hellaswag":
-        label = example.metadata.get("activity_label") or ""
-        context = f"{label}: {example.source}" if label else example.source
-        return _hellaswag_clean(context), [_hellaswag_clean(c) for c in example.choices]
-    return example.source, list(example.choices)
-
-
-def _hellaswag_clean(text: str) -> str:
-    text = text.strip().replace(" [title]", ". ")
-    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
-
-
 @dataclass(frozen=True)
 class Request:
     """One example ready to score: the generation prompt and the (context, choice) token pairs."""
@@ -676,7 +659,7 @@ def build_requests(
         return [Request(*fields) for fields in zip(examples, prompts, prompt_ids, strict=True)]
     requests = []
     for example, prompt, ids, shot_list in zip(examples, prompts, prompt_ids, drawn, strict=True):
-        context, choices = loglik_query(task, example)
+        context, choices = task.loglik_query(example)
         context = "".join(_solved(task, shot) for shot in shot_list) + context
         pairs = encode_pairs(tokenizer, context, [CHOICE_DELIMITER + c for c in choices])
         requests.append(Request(example, prompt, ids, context, tuple(choices), pairs))
@@ -684,7 +667,7 @@ def build_requests(
 
 
 def _solved(task: Task, shot: Example) -> str:
-    context, choices = loglik_query(task, shot)
+    context, choices = task.loglik_query(shot)
     assert shot.label is not None
     return f"{context}{CHOICE_DELIMITER}{choices[shot.label]}{FEWSHOT_DELIMITER}"
 

@@ -89,6 +89,24 @@ def test_original_file_name_is_preferred_to_the_stand_in(tmp_path: Path) -> None
     assert loaded.report.source.endswith("hellaswag_val.jsonl")
 
 
+def test_loglik_query_is_lm_evals(tmp_path: Path) -> None:
+    # lm-evaluation-harness: "activity_label: ctx", " [title]" -> ". ", other [tags] dropped.
+    record = {
+        **ROOF,
+        "ctx": "A man [step] is on a roof [title] he",
+        "endings": ["a [x]b", "c"],
+        "label": 1,
+    }
+    write_lines(tmp_path / "hellaswag" / "hellaswag_val.jsonl", [record])
+    task = get_task("hellaswag")
+    (example,) = task.load("test", data_dir=str(tmp_path))
+    context, choices = task.loglik_query(example)
+    assert context == "Roof shingle removal: A man is on a roof. he"
+    assert choices == ["a b", "c"]
+    plain = get_task("openbookqa")
+    assert plain.loglik_query(example) == (example.source, list(example.choices))
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

@@ -339,6 +339,13 @@ class Task:
             metadata=metadata or {},
         )
 
+    def loglik_query(self, example: Example) -> tuple[str, list[str]]:
+        """lm-evaluation-harness's context and choices for log-likelihood scoring: the question
+        alone (no letters), each choice a continuation."""
+        if example.choices is None:
+            raise ValueError(f"example {example.id!r} has no choices to score")
+        return example.source, list(example.choices)
+
     def render_prompt(self, plain_prompt: str) -> str:
         """The prompt the model sees: the plain text, or it as a chat user turn."""
         if self.prompt_style == "plain":

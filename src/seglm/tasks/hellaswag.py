@@ -17,6 +17,7 @@ Files in a data dir: ``hellaswag/hellaswag_train.jsonl`` and ``hellaswag/hellasw
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -65,6 +66,14 @@ class HellaSwag(Task):
     max_new_tokens: ClassVar[int] = 4
     stop_strings: ClassVar[tuple[str, ...]] = ("\n",)
 
+    def loglik_query(self, example: Example) -> tuple[str, list[str]]:
+        """lm-evaluation-harness's HellaSwag query: ``activity_label: ctx``, context and endings
+        cleaned as its preprocessing does."""
+        context, choices = super().loglik_query(example)
+        label = example.metadata.get("activity_label") or ""
+        context = f"{label}: {context}" if label else context
+        return _clean(context), [_clean(choice) for choice in choices]
+
     def records(self, split: str, data_dir: DataDir, report: LoadReport) -> Iterator[Record]:
         if split == "test":
             return read_split(SOURCE, "validation", data_dir, report)
@@ -87,3 +96,10 @@ class HellaSwag(Task):
             gold,
             metadata={"activity_label": fields.get("activity_label"), "ind": fields.get("ind")},
         )
+
+
+def _clean(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag text cleaning: ``[title]`` to a full stop, other
+    bracketed tags dropped, double spaces closed."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
