@@ -1,0 +1,28 @@
+"""What every part of an evaluation shares: scorings, defaults, the error type."""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+SCORINGS = ("generate", "loglik", "both")
+LM_EVAL_FEWSHOT_SEED = 1234  # lm-evaluation-harness's default few-shot seed
+FEWSHOT_SPLIT = "train"
+FEWSHOT_DELIMITER = "\n\n"  # lm-evaluation-harness's fewshot_delimiter
+CHOICE_DELIMITER = " "  # lm-evaluation-harness's target_delimiter before each choice
+DEFAULT_BATCH_SIZES = {"cpu": 32, "cuda": 64}
+FALLBACK_BATCH_SIZE = 16
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
+
+
+class EvalError(ValueError):
+    """Bad input to an evaluation: names the file, field or setting and what was expected."""

@@ -1,0 +1,263 @@
+"""The evaluation folder: its settings, the lock, the streamed predictions file, ranks' shares."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from seglm.distributed import Ranks
+from seglm.evaluate.common import EvalError
+from seglm.metrics import (
+    PredictionsFileError,
+)
+from seglm.runs import (
+    EVAL_LOCK_FILE,
+    EVAL_SETTINGS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    differences,
+    folder_problem,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What defines an evaluation: a rerun into the same folder must have the same settings.
+    (The selection, ``limit`` and ``random_subset``, may change: predictions are kept by id.)"""
+
+    model: str
+    adapter: str | None
+    task: str
+    task_options: dict[str, Any]
+    split: str
+    scoring: str
+    num_fewshot: int
+    seed: int
+    max_new_tokens: int | None
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the output folder for one evaluation: an exclusive ``flock`` on ``EVAL_LOCK_FILE``
+    in it, so a second evaluation into the folder is refused at once, naming the process that holds
+    it, instead of both appending the same predictions. The kernel drops the lock when the
+    holder exits, however it exits (a stale lock file blocks no one)."""
+    import fcntl
+    import socket
+
+    problem = folder_problem(out_dir)
+    if problem:
+        raise EvalError(f"output folder: {problem}; choose another output folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / EVAL_LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not said which yet"
+            raise EvalError(
+                f"{out_dir} is in use by another evaluation ({holder}); wait for it to "
+                "finish (a rerun then resumes from its predictions), or choose another "
+                "--output-dir"
+            ) from None
+        except OSError as error:  # a file system without locks (ENOLCK, EOPNOTSUPP)
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            logger.warning(
+                "%s: cannot lock it (%s); a second evaluation into it would not be noticed",
+                out_dir,
+                error,
+            )
+            unlocked = True
+        else:
+            unlocked = False
+        if unlocked:
+            yield
+            return
+        try:
+            handle.seek(0)
+            handle.truncate()
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> None:
+    """Create the folder, or check that it holds this evaluation (to resume it)."""
+    settings_file = out_dir / EVAL_SETTINGS_FILE
+    if overwrite:
+        for name in (EVAL_SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        for share in out_dir.glob(SHARE_PATTERN):
+            share.unlink()
+    if settings_file.is_file():
+        try:
+            previous = json.loads(settings_file.read_text())
+        except ValueError as error:
+            raise EvalError(f"{settings_file}: not valid JSON ({error})") from None
+        changed = differences(previous, settings.to_dict())
+        if changed:
+            details = "; ".join(changed)
+            raise EvalError(
+                f"{out_dir} holds another evaluation ({details}); pass --overwrite to replace "
+                "it or choose another output folder"
+            )
+        return
+    if (out_dir / PREDICTIONS_FILE).exists():
+        raise EvalError(
+            f"{out_dir / PREDICTIONS_FILE} exists without {EVAL_SETTINGS_FILE}: seglm did not "
+            "write it; choose another output folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+
+
+RECORD_FIELDS: dict[str, type] = {
+    "id": str,
+    "prompt": str,
+    "prediction": str,
+    "reference": str,
+    "metrics": dict,
+}
+LOGLIK_FIELDS: dict[str, type] = {"context": str, "choices": list, "logliks": list, "gold": int}
+
+
+def read_predictions(path: Path, scoring: str) -> dict[str, dict[str, Any]]:
+    """The records in ``path`` by id. A last line cut short by a crash (no newline, not JSON) is
+    dropped from the file with a warning; a line repeating an earlier one for the same id
+    (metrics aside, which are recomputed) is skipped with a warning, and the file rewritten at
+    the end of the evaluation leaves it out; any other bad line is an error naming it."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    records: dict[str, dict[str, Any]] = {}
+    lines_of: dict[str, int] = {}
+    offset = 0
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        start, offset = offset, offset + len(raw)
+        if not raw.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(raw)
+        except ValueError as error:
+            if raw.endswith(b"\n"):
+                raise PredictionsFileError(f"{where}: not valid JSON ({error})") from None
+            logger.warning("%s: dropped a line torn by an interrupted write", where)
+            with path.open("r+b") as handle:
+                handle.truncate(start)
+            return records
+        check_record(record, where, scoring)
+        if record["id"] in records:
+            first = lines_of[record["id"]]
+            if _same_prediction(record, records[record["id"]]):
+                logger.warning(
+                    "%s: skipped a duplicate of line %d (id %r, same prediction)",
+                    where,
+                    first,
+                    record["id"],
+                )
+                continue
+            raise PredictionsFileError(
+                f"{where}: id {record['id']!r} is also on line {first}, with another "
+                "prediction; keep one of the two lines, or start again with --overwrite"
+            )
+        records[record["id"]] = record
+        lines_of[record["id"]] = number
+    if data and not data.endswith(b"\n"):
+        with path.open("ab") as handle:
+            handle.write(b"\n")
+    return records
+
+
+def _same_prediction(record: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Two lines for one id that say the same; their metrics are recomputed at the end."""
+    return {k: v for k, v in record.items() if k != "metrics"} == {
+        k: v for k, v in other.items() if k != "metrics"
+    }
+
+
+def check_record(record: Any, where: str, scoring: str) -> None:
+    if not isinstance(record, dict):
+        raise PredictionsFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    _check_fields(record, RECORD_FIELDS, where, "")
+    if scoring != "generate":
+        if not isinstance(record.get("loglik"), dict):
+            raise PredictionsFileError(f"{where}: missing field 'loglik' (an object)")
+        _check_fields(record["loglik"], LOGLIK_FIELDS, where, "loglik.")
+        values = record["loglik"]["logliks"]
+        if len(values) != len(record["loglik"]["choices"]) or not all(
+            isinstance(v, int | float) for v in values
+        ):
+            raise PredictionsFileError(f"{where}: 'loglik.logliks' needs one number per choice")
+
+
+def _check_fields(record: dict[str, Any], fields: dict[str, type], where: str, prefix: str) -> None:
+    for name, kind in fields.items():
+        if name not in record:
+            raise PredictionsFileError(f"{where}: missing field {prefix + name!r}")
+        if not isinstance(record[name], kind) or isinstance(record[name], bool):
+            raise PredictionsFileError(
+                f"{where}: field {prefix + name!r} must be a {kind.__name__}, "
+                f"got {type(record[name]).__name__}"
+            )
+
+
+def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Append whole lines and make them durable before the next batch starts."""
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+SHARE_PATTERN = "predictions.rank*.jsonl"
+
+
+def share_file(out_dir: Path, ranks: Ranks) -> Path:
+    """Where a rank streams its share of the predictions under a multi-process launch."""
+    return out_dir / f"predictions.rank{ranks.rank}.jsonl"
+
+
+def read_done_predictions(out_dir: Path, scoring: str) -> dict[str, dict[str, Any]]:
+    """The predictions made so far: the predictions file and any rank's share (an interrupted
+    multi-process evaluation resumes from them, whatever the number of processes now)."""
+    done = read_predictions(out_dir / PREDICTIONS_FILE, scoring)
+    for path in sorted(out_dir.glob(SHARE_PATTERN)):
+        for key, record in read_predictions(path, scoring).items():
+            done.setdefault(key, record)
+    return done
+
+
+def merge_shares(out_dir: Path, scoring: str) -> None:
+    """Append the ranks' shares to the predictions file (what it lacks), then remove them."""
+    shares = sorted(out_dir.glob(SHARE_PATTERN))
+    if not shares:
+        return
+    path = out_dir / PREDICTIONS_FILE
+    have = read_predictions(path, scoring)
+    for share in shares:
+        new = [r for key, r in read_predictions(share, scoring).items() if key not in have]
+        append_records(path, new)
+        have.update((record["id"], record) for record in new)
+    for share in shares:
+        share.unlink()
