@@ -205,7 +205,7 @@ class Scorer:
             values = first[rows, heads]
             width = max(len(continuation) for _, continuation in pairs) - 1
             if width > 0:
-                rest = self.continuation_logprobs(pairs, rows, mask, prefix.past_key_values, width)
+                rest = self.continuation_logprobs(pairs, rows, mask, output_cache(prefix), width)
                 values = values + rest
         return values.tolist()
 
@@ -234,8 +234,8 @@ class Scorer:
             input_ids=feed,
             attention_mask=torch.cat([mask[rows], real], dim=1),
             position_ids=positions,
-            past_key_values=cache,
             use_cache=False,
+            **{cache_keyword(self.model): cache},
         ).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         values = []
@@ -261,3 +261,18 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured]
     return sorted({i for i in [tokenizer.eos_token_id, *ids] if i is not None})
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward argument that takes a KV cache: ``cache`` from transformers 5.x on
+    (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+    import inspect
+
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under either name."""
+    cache = output.get("cache")  # reading past_key_values on 5.x warns that it is deprecated
+    return cache if cache is not None else output.past_key_values
