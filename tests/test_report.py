@@ -142,8 +142,7 @@ def test_each_arm_meets_every_baseline_with_holm_across_arms(
         assert f"### Against {role}" in text
     assert "| ce-answer (CE(answer)) | 3 |" in text and "| control | 3 |" in text
     assert "named arms ce-answer (`ce@answer=1`), control (`ce=0.6,ce@answer=0.4`)" in text
-    figure = imread(report.groups[0].figures["main"])
-    assert figure.shape[1] > 400
+    assert set(report.groups[0].figures) >= {"main", "training"}
 
 
 def test_figures_are_written_and_linked(

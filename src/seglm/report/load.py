@@ -152,13 +152,14 @@ def _check_same_evaluation(cells: Sequence[tuple[Cell, Path]]) -> None:
 def load_groups(root: Path) -> list[Group]:
     """Every (task, model) with at least one finished cell; refuses cells that were evaluated
     on different examples or settings."""
-    cells = finished_cells(root, grid_cells(read_grid_file(root)))
+    grid = read_grid_file(root)
+    cells = finished_cells(root, grid_cells(grid))
     if not cells:
         raise GridError(
             f"{root}: no finished cell (no {METRICS_FILE} in any cell folder); run "
             "`seglm compare` first, or see summary.csv for failed cells"
         )
-    ce_scope = str(read_grid_file(root).get("train", {}).get("ce_scope", "all"))
+    ce_scope = str(grid.get("train", {}).get("ce_scope", "all"))
     by_group: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for cell in cells:
         by_group[(cell.task, cell.model)].append(cell)
