@@ -25,7 +25,6 @@ from seglm.experiments import (
     GridError,
     cell_config,
     load_grid,
-    parse_seeds,
     parse_shard,
     run_grid,
     summarize,
@@ -243,7 +242,12 @@ def test_folder_that_is_not_a_grid_is_refused(tiny_model: Path, tmp_path: Path) 
         ({"seeds": []}, "empty grid: 'seeds'"),
         ({"losses": ["ce", "lovaz"]}, "unknown loss 'lovaz'; did you mean 'lovasz'"),
         ({"lambdas": [1.2]}, "λ is the weight of CE, in \\[0, 1\\)"),
-        ({"seeds": [-1]}, "seeds: expected integers >= 0"),
+        ({"seeds": [-1]}, r"key 'seeds\[0\]' must be >= 0, got -1"),
+        ({"seeds": [True]}, r"key 'seeds\[0\]' expects an integer, got True"),
+        ({"lambdas": "0.6,x"}, r"key 'lambdas\[1\]' expects a number, got 'x'"),
+        ({"arms": {"x": ["ce"]}}, r"key 'arms\[x\]' expects a string"),
+        ({"eval": {"limit": 0}}, r"key 'eval\[limit\]' must be >= 1, got 0"),
+        ({"eval": {"scoring": "both", "dtype": "fp8"}}, "dtype='fp8' is not one of"),
         ({"train": {"loss": "ce"}}, "train: loss is set by each cell"),
         ({"train": {"learning_rat": 1.0}}, "did you mean 'learning_rate'"),
         ({"train": {"max_steps": "many"}}, "max_steps' expects an integer"),
@@ -363,9 +367,15 @@ def test_grid_file_and_its_errors(tmp_path: Path) -> None:
 
 
 def test_seeds_and_shards_parse() -> None:
-    assert parse_seeds(3) == [0, 1, 2] and parse_seeds("2") == [0, 1]
-    assert parse_seeds("42,43") == [42, 43] and parse_seeds("42,") == [42]
-    assert parse_seeds([7]) == [7]
+    def seeds(value: Any) -> list[int]:
+        return Grid(tasks=["arith"], models=["m"], losses=["ce"], seeds=value).seeds
+
+    assert seeds(3) == [0, 1, 2] and seeds("2") == [0, 1]
+    assert seeds("42,43") == [42, 43] and seeds("42,") == [42] and seeds([7]) == [7]
+    with pytest.raises(GridError, match="a count of seeds must be >= 1, got 0"):
+        seeds(0)
+    with pytest.raises(GridError, match=r"key 'seeds\[0\]' expects an integer, got 'x'"):
+        seeds("x,1")
     assert parse_shard("1/4") == (1, 4)
     for text in ("4/4", "x", "1"):
         with pytest.raises(GridError, match="shard"):

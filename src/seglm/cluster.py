@@ -179,7 +179,7 @@ class SlurmSettings:
 def parse_settings(values: dict[str, Any] | None, items: list[str]) -> SlurmSettings:
     """The grid file's ``slurm:`` mapping, then ``--slurm KEY=VALUE`` items (values read as
     YAML)."""
-    from seglm.config import ConfigError, read_items
+    from seglm.schema import ConfigError, read_items
 
     try:
         merged = {**(values or {}), **read_items(list(items), "--slurm")}

@@ -50,6 +50,7 @@ from seglm.runs import (
     differences,
     folder_problem,
     last_complete_checkpoint,
+    read_jsonl,
     write_json,
 )
 
@@ -111,20 +112,13 @@ def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig
 
 
 def build_objective(config: TrainConfig) -> Any:
-    from seglm.losses import Objective
+    """The config's :class:`~seglm.losses.Objective`: its loss spec, and each of the objective's
+    options from the config field of the same name."""
+    from seglm.losses import OBJECTIVE_OPTIONS, Objective
 
+    options = {name: getattr(config, name) for name in OBJECTIVE_OPTIONS}
     try:
-        return Objective.from_spec(
-            config.loss,
-            ce_scope=config.ce_scope,
-            group=config.group,
-            focal_gamma=config.focal_gamma,
-            sadl_alpha=config.sadl_alpha,
-            sadl_gamma=config.sadl_gamma,
-            gdice_weighting=config.gdice_weighting,
-            gdice_absent=config.gdice_absent,
-            gdice_smooth=config.gdice_smooth,
-        )
+        return Objective.from_spec(config.loss, **options)
     except ValueError as error:
         raise ConfigError(f"objective: {error}") from None
 
@@ -296,8 +290,8 @@ def _trim_log(path: Path, last_step: int) -> None:
     """Drop the log events that the resumed run will write again."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [event for event in read_jsonl(path) if event["step"] <= last_step]
+    path.write_text("".join(json.dumps(event) + "\n" for event in kept))
 
 
 def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:

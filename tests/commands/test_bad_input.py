@@ -63,7 +63,7 @@ def jsonl_train(folder: str) -> list[str]:
 
 CASES = [
     # seglm train: flags, task options, config files, data files, models
-    (train("--task-options", "max_steps=abc"), "option max_steps expects int, got 'abc'"),
+    (train("--task-options", "max_steps=abc"), "option 'max_steps' expects an integer, got 'abc'"),
     (train("--task-options", "operations=*/"), "option 'operations': cannot read value '*/'"),
     (train("--task-options", "no_such=1"), "task 'arith' has no option no_such"),
     (["train", "--output-dir", "{inputs}/a_file"], "a_file is a file, not a folder"),
@@ -73,10 +73,10 @@ CASES = [
     (train("--loss", "ce=0.6,lovasz"), "'lovasz' has no weight"),
     (train("--loss", "ce=0.6,dice=0.4"), "unknown loss 'dice'"),
     (train("--loss", "lovasz@all=1"), "lovasz is a set loss over the answer's tokens"),
-    (train("--lora-dropout", "1.5"), "field 'lora_dropout' is a probability in [0, 1)"),
-    (train("--lora-alpha", "0"), "field 'lora_alpha' must be a number > 0"),
+    (train("--lora-dropout", "1.5"), "field 'lora_dropout' must be < 1, got 1.5"),
+    (train("--lora-alpha", "0"), "field 'lora_alpha' must be > 0, got 0"),
     (train("--batch-size", "0"), "'batch_size' must be >= 1"),
-    (train("--epochs", "0"), "'epochs' must be a number > 0"),
+    (train("--epochs", "0"), "'epochs' must be > 0, got 0"),
     (train("--dtype", "fp64"), "dtype"),
     (train("--task", "arithmetic"), "unknown task 'arithmetic'"),
     (train("--target-modules", "q_proj,no_such_proj"), "no module named 'no_such_proj'"),
@@ -100,7 +100,10 @@ CASES = [
     (["eval", "{tiny}", "--task", "arith", "--split", "dev"], "no split 'dev'"),
     (["eval", "{tiny}", "--task", "arith", "--scoring", "loglik"], "needs a multiple-choice"),
     (["eval", "{tiny}", "--task", "arith", "--limit", "0"], "limit"),
-    (["eval", "{tiny}", "--task", "arith", "--option", "max_steps=x"], "option max_steps"),
+    (
+        ["eval", "{tiny}", "--task", "arith", "--option", "max_steps=x"],
+        "option 'max_steps' expects an integer, got 'x'",
+    ),
     # seglm compare
     (["compare", "--losses", "ce", "--train", "target_modules=*x", "--dry-run"], "value '*x'"),
     (["compare", "--losses", "ce", "--shard", "3/2", "--dry-run"], "shard must look like i/n"),
@@ -109,7 +112,10 @@ CASES = [
     (["compare", "--arm", "x:ce=0.6,lovasz", "--dry-run"], "'lovasz' has no weight"),
     (["compare", "--losses", "ce", "--train", "max_steps=x", "--dry-run"], "'max_steps' expects"),
     (["compare", "{inputs}/grid_unknown_key.yaml", "--dry-run"], "unknown key 'lambda'"),
-    (["compare", "{inputs}/grid_wrong_type.yaml", "--dry-run"], "seeds: expected integers"),
+    (
+        ["compare", "{inputs}/grid_wrong_type.yaml", "--dry-run"],
+        "grid_wrong_type.yaml: key 'seeds[0]' expects an integer, got 'zero'",
+    ),
     (["compare", "{inputs}/missing.yaml", "--dry-run"], "cannot read grid file"),
     (["compare", "--out", "{inputs}/a_file", "--losses", "ce"], "a_file is a file, not a folder"),
     (["compare", "--out", "{inputs}/not_a_grid", "--losses", "ce"], "holds no grid.json"),

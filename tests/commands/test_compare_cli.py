@@ -115,7 +115,7 @@ def test_failed_cell_sets_the_exit_status(
         (["--losses", ""], "empty grid: 'losses' and 'arms' list nothing"),
         (["--losses", "ce,dice"], "unknown loss 'dice'"),
         (["--losses", "ce", "--model", "smollm2-135m-instrct"], "unknown model"),
-        (["--losses", "ce", "--seeds", "two"], "seeds: expected a count or a list"),
+        (["--losses", "ce", "--seeds", "two"], "key 'seeds[0]' expects an integer, got 'two'"),
         (["--losses", "ce", "--train", "max_steps"], "--train expects key=value"),
         (["--losses", "ce", "--shard", "2/2"], "shard must look like i/n"),
         (["--arm", "ce@answer=1"], "--arm expects NAME:SPEC"),

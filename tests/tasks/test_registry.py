@@ -51,7 +51,7 @@ def test_option_text_is_typed_from_the_defaults() -> None:
     assert parse_option_text(task_class("jsonl"), ["choices_field=opts"]) == {
         "choices_field": "opts"
     }
-    with pytest.raises(ValueError, match="option seed expects int, got 'x'"):
+    with pytest.raises(ValueError, match="option 'seed' expects an integer, got 'x'"):
         parse_option_text(task_class("arith"), ["seed=x"])
     with pytest.raises(ValueError, match="must look like key=value"):
         parse_option_text(task_class("arith"), ["seed"])

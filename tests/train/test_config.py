@@ -15,18 +15,8 @@ from seglm.config import (
     resolve_config,
     write_config,
 )
-from seglm.losses import Objective
-
-OBJECTIVE_FIELDS = (
-    "focal_gamma",
-    "sadl_alpha",
-    "sadl_gamma",
-    "gdice_weighting",
-    "gdice_absent",
-    "gdice_smooth",
-    "ce_scope",
-    "group",
-)
+from seglm.losses import OBJECTIVE_OPTIONS, Objective
+from seglm.train import build_objective
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -35,11 +25,29 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_objective_defaults_match_the_losses_library() -> None:
+def test_objective_options_are_config_fields_with_the_same_defaults() -> None:
     objective_defaults = {f.name: f.default for f in dataclasses.fields(Objective)}
+    assert set(OBJECTIVE_OPTIONS) == set(objective_defaults) - {"weights", "ignore_index"}
     config = TrainConfig()
-    for name in OBJECTIVE_FIELDS:
+    for name in OBJECTIVE_OPTIONS:
         assert getattr(config, name) == objective_defaults[name], name
+
+
+def test_the_objective_takes_every_option_from_the_config() -> None:
+    changed = {
+        "focal_gamma": 3.5,
+        "sadl_alpha": 0.25,
+        "sadl_gamma": 0.5,
+        "gdice_weighting": "simple",
+        "gdice_absent": "max",
+        "gdice_smooth": 1e-3,
+        "ce_scope": "answer",
+        "group": "batch",
+    }
+    assert set(changed) == set(OBJECTIVE_OPTIONS)
+    objective = build_objective(resolve_config(overrides={"loss": "ce=0.5,focal=0.5", **changed}))
+    assert {name: getattr(objective, name) for name in changed} == changed
+    assert objective.weights == {"ce": 0.5, "focal": 0.5}
 
 
 def test_flags_override_the_file_which_overrides_the_preset(tmp_path: Path) -> None:
@@ -107,6 +115,41 @@ def test_bad_values_name_the_field_and_what_was_expected(tmp_path: Path) -> None
         TrainConfig(overwrite=True, resume=True)
     with pytest.raises(ConfigError, match="expected a mapping"):
         resolve_config(write(tmp_path, "- a\n- b\n"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": True}, "field 'batch_size' expects an integer, got True"),
+        ({"learning_rate": "fast"}, "field 'learning_rate' expects a number, got 'fast'"),
+        ({"learning_rate": -1e-4}, "field 'learning_rate' must be >= 0, got -0.0001"),
+        ({"epochs": "inf"}, "field 'epochs' expects a finite number, got inf"),
+        ({"lora_dropout": 1.0}, "field 'lora_dropout' must be < 1, got 1.0"),
+        ({"warmup_steps": -1}, "field 'warmup_steps' must be >= 0, got -1"),
+        ({"max_steps": 0}, "field 'max_steps' must be >= 1, got 0"),
+        ({"gradient_checkpointing": "maybe"}, "field 'gradient_checkpointing' expects true or"),
+        ({"model": ["a"]}, "field 'model' expects a string, got \\['a'\\]"),
+        (
+            {"report_to": "wandb,tensorbord"},
+            "report_to='tensorbord' is not one of .* 'tensorboard'",
+        ),
+        (
+            {"task_options": ["train_size"]},
+            "field 'task_options' expects key=value, got 'train_size'",
+        ),
+    ],
+)
+def test_each_field_checks_its_type_and_range(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^overrides: {message}"):
+        resolve_config(overrides=overrides)
+
+
+def test_the_line_named_is_the_bad_value_s(tmp_path: Path) -> None:
+    path = write(tmp_path, "loss: ce=1\nlora_r: 8\nlora_dropout: 2\n")
+    with pytest.raises(
+        ConfigError, match=r"config\.yaml, line 3: field 'lora_dropout' must be < 1"
+    ):
+        resolve_config(path)
 
 
 def test_values_are_converted_to_the_field_types(tmp_path: Path) -> None:

@@ -142,8 +142,8 @@ def build_grid(
     arm_items: Sequence[str] = (),
 ) -> Grid:
     """The grid file's values (or the defaults: arith, smollm2-135m-instruct), then the flags."""
-    from seglm.config import ConfigError, read_items
     from seglm.experiments import Grid, GridError, read_grid_values
+    from seglm.schema import ConfigError, read_items
 
     if grid_file is None:
         values: dict[str, Any] = {"tasks": ["arith"], "models": ["smollm2-135m-instruct"]}

@@ -26,7 +26,7 @@ TEXT_KINDS = (str, list)
 def _flag_parameter(name: str) -> inspect.Parameter:
     """A typer option for one config field; None means "not given" so the file value stays."""
     kind = FIELD_TYPES[name]
-    if isinstance(kind, types.UnionType):  # X | None
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     base = typing.get_origin(kind) or kind
     flag = "--" + name.replace("_", "-")

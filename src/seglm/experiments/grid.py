@@ -11,9 +11,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BeforeValidator
 
 from seglm.config import DTYPES, ConfigError, TrainConfig, check_keys, coerce
 from seglm.evaluate import SCORINGS
@@ -24,6 +25,18 @@ from seglm.runs import (
     differences,
     folder_problem,
     write_atomically,
+)
+from seglm.schema import (
+    Count,
+    Mapping,
+    NonNegativeInteger,
+    NumberList,
+    Text,
+    TextList,
+    check_fields,
+    choice,
+    mapping_of,
+    optional,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,6 +89,21 @@ ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 LOSS_ARM = re.compile(r".+-lam[0-9.e+-]+")
 
 
+def _seed_count(value: Any) -> Any:
+    """A count N of seeds (``3``, ``"3"``) as seeds 0..N-1; a list (``[42, 43]``, ``"42,43"``)
+    as it is."""
+    if isinstance(value, str) and "," not in value and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError(f"a count of seeds must be >= 1, got {value}")
+        return list(range(value))
+    return [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+Seeds = Annotated[list[NonNegativeInteger], BeforeValidator(_seed_count)]
+
+
 def spec_key(spec: str) -> frozenset[tuple[str, float]]:
     """A loss spec's terms and weights, whatever their order or spelling."""
     from seglm.losses import parse_loss_spec
@@ -95,25 +123,18 @@ class EvalSpec:
     """How every cell is evaluated. ``batch_size`` only changes speed, so a rerun may change it;
     the rest is part of the grid's identity."""
 
-    split: str = "test"
-    limit: int | None = None
-    max_new_tokens: int | None = None
-    dtype: str = "fp32"
-    scoring: str = "generate"
-    batch_size: int | None = None
+    split: Text = "test"
+    limit: optional(Count) = None
+    max_new_tokens: optional(Count) = None
+    dtype: choice(DTYPES) = "fp32"
+    scoring: choice(SCORINGS) = "generate"
+    batch_size: optional(Count) = None
 
     def __post_init__(self) -> None:
-        for name in ("limit", "max_new_tokens", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise GridError(f"eval.{name} must be an integer, got {value!r}")
-            if value is not None and value < 1:
-                raise GridError(f"eval.{name} must be >= 1, got {value}")
-        for name, choices in (("dtype", DTYPES), ("scoring", SCORINGS)):
-            if getattr(self, name) not in choices:
-                raise GridError(
-                    f"eval.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
-                )
+        try:
+            check_fields(self)
+        except ConfigError as error:
+            raise GridError(f"eval: {error}") from None
 
     def identity(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
@@ -171,20 +192,24 @@ class Grid:
     ``model_train`` adds settings for one model (e.g. its LoRA target modules); ``base`` also
     evaluates each untrained model. ``arms`` maps a name to a loss spec of its own."""
 
-    tasks: list[str]
-    models: list[str]
-    losses: list[str]
-    lambdas: list[float] = field(default_factory=lambda: [DEFAULT_LAMBDA])
-    arms: dict[str, str] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=lambda: [0])
+    tasks: TextList
+    models: TextList
+    losses: TextList
+    lambdas: NumberList = field(default_factory=lambda: [DEFAULT_LAMBDA])
+    arms: mapping_of(Text) = field(default_factory=dict)
+    seeds: Seeds = field(default_factory=lambda: [0])
     base: bool = False
-    train: dict[str, Any] = field(default_factory=dict)
-    model_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train: Mapping = field(default_factory=dict)
+    model_train: mapping_of(Mapping) = field(default_factory=dict)
     eval: EvalSpec = field(default_factory=EvalSpec)
 
     def __post_init__(self) -> None:
         from seglm.losses import canonical_loss_name
 
+        try:
+            check_fields(self, noun="key")
+        except ConfigError as error:
+            raise GridError(str(error)) from None
         for name in ("tasks", "models", "seeds"):
             if not getattr(self, name):
                 raise GridError(f"empty grid: '{name}' lists nothing")
@@ -194,10 +219,10 @@ class Grid:
             self.losses = distinct(canonical_loss_name(loss) for loss in self.losses)
         except ValueError as error:
             raise GridError(f"losses: {error}") from None
-        self.tasks = distinct(task.strip().lower() for task in self.tasks)
+        self.tasks = distinct(task.lower() for task in self.tasks)
         self.models = distinct(self.models)
         self.seeds = distinct(self.seeds)
-        self.lambdas = distinct(float(lam) for lam in self.lambdas)
+        self.lambdas = distinct(self.lambdas)
         self._check_values()
         self.arms = self._checked_arms()
         self.train = _check_train_settings(self.train, "train")
@@ -205,7 +230,7 @@ class Grid:
             if model not in self.models:
                 raise GridError(f"model_train: {model!r} is not one of the grid's models")
             where = f"model_train: {model}"
-            self.model_train[model] = _check_train_settings(_mapping(settings, where), where)
+            self.model_train[model] = _check_train_settings(settings, where)
 
     def _check_values(self) -> None:
         if any(loss != CE for loss in self.losses) and not self.lambdas:
@@ -216,9 +241,6 @@ class Grid:
                     f"lambdas: λ is the weight of CE, in [0, 1); got {lam:g} "
                     "(λ = 1 is CE alone: list 'ce' in losses)"
                 )
-        for seed in self.seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise GridError(f"seeds: expected integers >= 0, got {seed!r}")
         slugs: dict[str, str] = {}
         for model in self.models:
             other = slugs.setdefault(model_slug(model), model)
@@ -239,15 +261,13 @@ class Grid:
         }
         arms: dict[str, str] = {}
         for name, spec in self.arms.items():
-            if not isinstance(spec, str | int | float):
-                raise GridError(f"arms: {name}: expected a loss spec, got {spec!r}")
             if not ARM_NAME.fullmatch(str(name)) or name == BASE or LOSS_ARM.fullmatch(name):
                 raise GridError(
                     f"arms: {name!r} is not a usable arm name (letters, digits, '.', '_' and "
                     f"'-'; not {BASE!r} and not LOSS-lamλ, which names the losses x lambdas arms)"
                 )
             try:
-                weights = parse_loss_spec(str(spec))
+                weights = parse_loss_spec(spec)
             except ValueError as error:
                 raise GridError(f"arms: {name}: {error}") from None
             canonical = ",".join(f"{term}={weight:g}" for term, weight in weights.items())
@@ -313,13 +333,13 @@ class Grid:
             return cls(
                 tasks=_names(values, "task", "tasks", where),
                 models=_names(values, "model", "models", where),
-                losses=_text_list(values.get("losses", []), f"{where}: losses"),
-                lambdas=_number_list(values.get("lambdas", [DEFAULT_LAMBDA]), where),
-                arms=_mapping(values.get("arms"), f"{where}: arms"),
-                seeds=parse_seeds(values.get("seeds", 1), f"{where}: seeds"),
-                base=_boolean(values.get("base", False), f"{where}: base"),
-                train=_mapping(values.get("train"), f"{where}: train"),
-                model_train=_mapping(values.get("model_train"), f"{where}: model_train"),
+                losses=values.get("losses", []),
+                lambdas=values.get("lambdas", [DEFAULT_LAMBDA]),
+                arms=values.get("arms"),
+                seeds=values.get("seeds", 1),
+                base=values.get("base", False),
+                train=values.get("train"),
+                model_train=values.get("model_train"),
                 eval=_eval_spec(values.get("eval"), where),
             )
         except GridError as error:
@@ -362,67 +382,18 @@ def _resolved_train(train: dict[str, Any], task: str, model: str) -> dict[str, A
     return {k: v for k, v in identity.items() if k not in CELL_FIELDS | {"preset"}}
 
 
-def _names(values: dict[str, Any], single: str, plural: str, where: str) -> list[str]:
+def _names(values: dict[str, Any], single: str, plural: str, where: str) -> Any:
     if single in values and plural in values:
         raise GridError(f"{where}: give {single!r} or {plural!r}, not both")
     if single not in values and plural not in values:
         raise GridError(f"{where}: missing {plural!r} (or {single!r})")
-    return _text_list(values.get(plural, values.get(single)), f"{where}: {plural}")
-
-
-def _text_list(value: Any, what: str) -> list[str]:
-    if value is None:
-        raise GridError(f"{what}: missing; expected a list of names")
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(i, str | int | float) for i in items):
-        raise GridError(f"{what}: expected a list of names, got {value!r}")
-    return [str(item).strip() for item in items if str(item).strip()]
-
-
-def _number_list(value: Any, where: str) -> list[float]:
-    items = _text_list(value if isinstance(value, list | str) else [value], f"{where}: lambdas")
-    try:
-        return [float(item) for item in items]
-    except ValueError:
-        raise GridError(f"{where}: lambdas: expected numbers, got {value!r}") from None
-
-
-def parse_seeds(value: Any, what: str = "seeds") -> list[int]:
-    """A count N (seeds 0..N-1) or a list of seeds (``[42, 43]`` or ``"42,43"``)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise GridError(f"{what}: a count of seeds must be >= 1, got {value}")
-        return list(range(value))
-    if isinstance(value, str) and "," not in value:
-        try:
-            return parse_seeds(int(value), what)
-        except ValueError:
-            raise GridError(
-                f"{what}: expected a count or a list of integers, got {value!r}"
-            ) from None
-    items = _text_list(value, what)
-    try:
-        return [int(item) for item in items]
-    except ValueError:
-        raise GridError(f"{what}: expected integers, got {value!r}") from None
-
-
-def _boolean(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise GridError(f"{what}: expected true or false, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, what: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise GridError(f"{what}: expected a mapping of settings, got {value!r}")
-    return dict(value)
+    return values.get(plural, values.get(single))
 
 
 def _eval_spec(value: Any, where: str) -> EvalSpec:
-    values = _mapping(value, f"{where}: eval")
+    values = {} if value is None else value
+    if not isinstance(values, dict):
+        raise GridError(f"{where}: eval: expected a mapping of settings, got {value!r}")
     unknown = [key for key in values if key not in EVAL_KEYS]
     if unknown:
         raise GridError(

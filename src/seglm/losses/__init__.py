@@ -17,6 +17,7 @@ from .lovasz import LovaszSoftmaxLoss, lovasz_softmax_loss
 from .objective import (
     CE_SCOPES,
     LOSS_NAMES,
+    OBJECTIVE_OPTIONS,
     ItemCounts,
     Objective,
     ObjectiveOutput,
@@ -28,6 +29,7 @@ from .objective import (
 __all__ = [
     "CE_SCOPES",
     "LOSS_NAMES",
+    "OBJECTIVE_OPTIONS",
     "CrossEntropyLoss",
     "DFTLoss",
     "FocalLoss",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -373,3 +373,10 @@ class Objective:
         # A window without such items has local == 0: its share is 0, not 0 / 0.
         count = local[kind]
         return count / torch.as_tensor(window, device=count.device).clamp_min(1)
+
+
+# The objective's options that a training config sets, each from its field of the same name (the
+# loss spec gives the weights; labels always mark ignored positions with -100).
+OBJECTIVE_OPTIONS: tuple[str, ...] = tuple(
+    option.name for option in fields(Objective) if option.name not in ("weights", "ignore_index")
+)

@@ -55,12 +55,9 @@ def get_task(name: str, **options: Any) -> Task:
             f"its options: {', '.join(accepted)}"
         )
     types = option_types(cls)
-    optional = {option.name for option in dataclasses.fields(cls) if option.default is None}
     try:
         typed = {
-            key: value
-            if key not in types or (value is None and key in optional)
-            else convert_option(key, value, types[key])
+            key: convert_option(key, value, types[key]) if key in types else value
             for key, value in options.items()
         }
     except ValueError as error:

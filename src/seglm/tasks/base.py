@@ -10,16 +10,21 @@ Loading reads records from a source (files, the hub, or a generator) and turns e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
+import typing
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic import TypeAdapter
+
 from seglm.choices import check_choice
 from seglm.metrics.exact_match import CHOICE_LETTERS
+from seglm.schema import schema_type, validate
 
 logger = logging.getLogger(__name__)
 
@@ -356,15 +361,15 @@ class Task:
         )
 
 
-def option_types(task_class: type[Task]) -> dict[str, type]:
-    """The options a task accepts from text (CLI ``-o key=value``) and the type of each."""
-    types: dict[str, type] = {}
-    for option in dataclasses.fields(task_class):
-        if option.name == "tokenizer":
-            continue
-        default = option.default
-        types[option.name] = str if default is None else type(default)
-    return types
+def option_types(task_class: type[Task]) -> dict[str, Any]:
+    """The options a task takes (its fields but the tokenizer) and the type of each, as
+    :mod:`seglm.schema` reads them from YAML or command-line text."""
+    hints = typing.get_type_hints(task_class)
+    return {
+        option.name: schema_type(hints[option.name])
+        for option in dataclasses.fields(task_class)
+        if option.name != "tokenizer"
+    }
 
 
 def parse_option_text(task_class: type[Task], items: list[str]) -> dict[str, Any]:
@@ -380,35 +385,16 @@ def parse_option_text(task_class: type[Task], items: list[str]) -> dict[str, Any
             raise ValueError(
                 f"task {task_class.name!r} has no option {key!r}; options: {', '.join(types)}"
             )
-        options[key] = convert_text(key, text, types[key])
+        options[key] = convert_option(key, text, types[key])
     return options
 
 
-def convert_option(key: str, value: Any, kind: type) -> Any:
+def convert_option(key: str, value: Any, kind: Any) -> Any:
     """A task option's value (text from the command line, or a YAML value) as its type, or a
     ValueError naming the option and what it expects."""
-    if isinstance(value, str):
-        return convert_text(key, value, kind)
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-        return value
-    raise ValueError(f"option {key} expects {kind.__name__}, got {value!r}")
+    return validate(_adapter(kind), value, key, noun="option")
 
 
-def convert_text(key: str, text: str, kind: type) -> Any:
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"option {key} expects true or false, got {text!r}")
-    if kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"option {key} expects {kind.__name__}, got {text!r}") from None
-    return text
+@functools.cache
+def _adapter(kind: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(kind)

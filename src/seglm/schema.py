@@ -1,0 +1,247 @@
+"""The value types of seglm's settings (the training config, the grid file, task options),
+validated by pydantic, and one translation of pydantic's errors into seglm's messages: the file,
+the line where known, the field, what it expects and what it got.
+
+YAML and the command line give values as text or loosely typed: ``1e-4`` reaches us as a string
+(PyYAML reads no float without a dot), ``none`` means None, a list may be ``a,b`` and task
+options may be ``key=value`` items. The types below accept those spellings and nothing looser
+(no ``true`` for a number)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import typing
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+)
+
+from seglm.choices import check_choice
+
+
+class ConfigError(ValueError):
+    """A bad setting: names the file, line or field and what was expected."""
+
+
+def _not_bool(expected: str) -> Callable[[Any], Any]:
+    def refuse(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ConfigError(f"expects {expected}, got {value!r}")
+        return value
+
+    return refuse
+
+
+def _none_word(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    return value
+
+
+def _number_as_text(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _comma_list(value: Any) -> Any:
+    if value is None or _none_word(value) is None:
+        return []
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [value]
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, list | tuple):
+        return [str(item).strip() for item in items if str(item).strip()]
+    return items
+
+
+def _none_as_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+def _key_value_items(value: Any) -> Any:
+    if value is None:
+        return {}
+    pairs = [value] if isinstance(value, str) else value
+    if isinstance(pairs, list | tuple):
+        return read_items([str(pair) for pair in pairs], "", lambda key: f"option {key!r}")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"expects a finite number, got {value!r}")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_not_bool("an integer"))]
+Number = Annotated[float, BeforeValidator(_not_bool("a number"))]
+FiniteNumber = Annotated[Number, AfterValidator(_finite)]
+Count = Annotated[Integer, Field(ge=1)]
+NonNegativeInteger = Annotated[Integer, Field(ge=0)]
+Positive = Annotated[FiniteNumber, Field(gt=0)]
+NonNegative = Annotated[FiniteNumber, Field(ge=0)]
+Probability = Annotated[FiniteNumber, Field(ge=0, lt=1)]  # dropout: 1 would drop everything
+Text = Annotated[str, BeforeValidator(_number_as_text)]
+TextList = Annotated[list[Text], BeforeValidator(_comma_list)]
+NumberList = Annotated[list[Number], BeforeValidator(_comma_list)]
+Options = Annotated[dict[str, Any], BeforeValidator(_key_value_items)]
+
+
+def mapping_of(kind: Any) -> Any:
+    """A mapping of names to ``kind``; a missing (None) one is empty."""
+    return Annotated[dict[str, kind], BeforeValidator(_none_as_empty)]
+
+
+Mapping = mapping_of(Any)
+
+
+def optional(kind: Any) -> Any:
+    """``kind`` or None; the words ``none`` and ``null`` are None."""
+    return Annotated[kind | None, BeforeValidator(_none_word)]
+
+
+_LOOSE_TYPES: dict[Any, Any] = {int: Integer, float: Number, str: Text}
+
+
+def schema_type(kind: Any) -> Any:
+    """A plain annotation (``int``, ``str | None``) as the type above that reads it from YAML or
+    command-line text."""
+    args = typing.get_args(kind)
+    if type(None) in args:
+        return optional(schema_type(next(arg for arg in args if arg is not type(None))))
+    return _LOOSE_TYPES.get(kind, kind)
+
+
+def choice(names: Sequence[str]) -> Any:
+    """A name out of ``choices``; anything else is refused with the closest name suggested."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        check_choice(_name(info), value, names, ConfigError)
+        return value
+
+    return Annotated[Text, AfterValidator(check)]
+
+
+def _name(info: ValidationInfo) -> str:
+    """The name of the setting being validated (a field's, or the one :func:`validate` gives)."""
+    return info.field_name or (info.context or {}).get("field", "value")
+
+
+def choices(names: Sequence[str]) -> Any:
+    """A comma-separated list of names out of ``names``."""
+
+    def check(values: list[str], info: ValidationInfo) -> list[str]:
+        for value in values:
+            check_choice(_name(info), value, names, ConfigError)
+        return values
+
+    return Annotated[TextList, AfterValidator(check)]
+
+
+def check_fields(instance: Any, noun: str = "field") -> None:
+    """Each field of a dataclass instance (frozen or not) as its declared type, in place, or a
+    ConfigError naming the first field that is not (see :func:`validate`)."""
+    for name, adapter in field_adapters(type(instance)).items():
+        object.__setattr__(instance, name, validate(adapter, getattr(instance, name), name, noun))
+
+
+@functools.cache
+def field_adapters(cls: type) -> dict[str, TypeAdapter[Any]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {item.name: TypeAdapter(hints[item.name]) for item in dataclasses.fields(cls)}
+
+
+# -- pydantic's errors as seglm's messages -----------------------------------------------------
+
+_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+}
+_BOUNDS = {
+    "greater_than_equal": ">=",
+    "greater_than": ">",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+
+
+def describe(error: Any) -> str:
+    """One pydantic error (an item of ``ValidationError.errors()``) in words: what the value is
+    expected to be and what it was."""
+    kind, value, context = error["type"], error["input"], error.get("ctx") or {}
+    if kind in _EXPECTED:
+        return f"expects {_EXPECTED[kind]}, got {value!r}"
+    if kind in _BOUNDS:
+        bound = next(iter(context.values()))
+        return f"must be {_BOUNDS[kind]} {bound}, got {value!r}"
+    if kind in ("value_error", "assertion_error") and "error" in context:
+        return str(context["error"])
+    return f"{error['msg']}, got {value!r}"
+
+
+def validate(adapter: TypeAdapter[Any], value: Any, name: str, noun: str = "field") -> Any:
+    """``value`` as the adapter's type, or a ConfigError that names the field (``noun`` says
+    what it is: a config field, a task option) and what it expects. A message from one of our
+    validators that names the field already (``adapter='lroa' is not one of ...``) is kept."""
+    try:
+        return adapter.validate_python(value, context={"field": name})
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        text = describe(first)
+        if text.startswith(f"{name}="):
+            raise ConfigError(text) from None
+        item = "".join(f"[{part}]" for part in first["loc"])
+        raise ConfigError(f"{noun} {name + item!r} {text}") from None
+
+
+# -- key=value items ---------------------------------------------------------------------------
+
+
+def read_items(
+    items: list[str], what: str, label: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """``["key=value", ...]`` as a mapping, each value read as YAML (:func:`read_value`);
+    ``label(key)`` names one item in errors (default ``"{what} {key}"``)."""
+    mapping: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{what} expects key=value, got {item!r}".strip())
+        mapping[key] = read_value(raw, label(key) if label else f"{what} {key}")
+    return mapping
+
+
+def read_value(text: str, what: str) -> Any:
+    """A ``key=value`` item's value, read as YAML (``3``, ``true``, ``[a, b]``), or an error
+    naming the option: a value YAML cannot read (``*/``: ``*`` starts a YAML alias) must be
+    quoted."""
+    if not text:
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        reason = getattr(error, "problem", None) or "not valid YAML"
+        raise ConfigError(
+            f"{what}: cannot read value {text!r} ({reason}); quote it, e.g. '\"{text}\"'"
+        ) from None
