@@ -114,11 +114,12 @@ def _add_roscoe(
     from seglm.commands import roscoe_config
     from seglm.metrics.correlations import pearson_correlations, render_correlations
     from seglm.metrics.roscoe import add_roscoe_scores
+    from seglm.runs import iter_jsonl
 
-    lines = path.read_text(encoding="utf-8").splitlines()
+    by_line = dict(iter_jsonl(path))
     records = []
     for example in scored:
-        record = json.loads(lines[example.line - 1])
+        record = by_line[example.line]
         source = record.get("source", record.get("question"))
         if not isinstance(source, str):
             raise typer.BadParameter(

@@ -3,7 +3,6 @@ example, and which arms are the baselines."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from seglm.runs import (
     ROSCOE_FILE,
     TRAIN_LOG_FILE,
     read_json,
+    read_jsonl,
 )
 
 # The metrics compared per arm, where a task has them (acc and acc_norm: log-likelihood scoring).
@@ -102,8 +102,7 @@ def read_cell_predictions(folder: Path) -> list[dict[str, Any]]:
     """The evaluated predictions (metrics.json's ``n`` first lines: seglm.evaluate keeps
     predictions of another selection after them, unscored)."""
     metrics = read_json(folder / METRICS_FILE) or {}
-    lines = (folder / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = read_jsonl(folder / PREDICTIONS_FILE)
     return records[: metrics.get("n", len(records))]
 
 
@@ -120,18 +119,11 @@ def _roscoe_scores(record: dict[str, Any], cached: dict[str, Any]) -> dict[str, 
 
 
 def _read_roscoe_file(folder: Path) -> dict[str, dict[str, Any]]:
-    path = folder / ROSCOE_FILE
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {row["id"]: row for row in rows}
+    return {row["id"]: row for row in read_jsonl(folder / ROSCOE_FILE, missing_ok=True)}
 
 
 def _read_log(folder: Path) -> list[dict[str, Any]]:
-    path = folder / TRAIN_LOG_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(folder / TRAIN_LOG_FILE, missing_ok=True)
 
 
 def _check_same_evaluation(cells: Sequence[tuple[Cell, Path]]) -> None:
