@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger(__name__)
-
-
 SCORINGS = ("generate", "loglik", "both")
 LM_EVAL_FEWSHOT_SEED = 1234  # lm-evaluation-harness's default few-shot seed
 FEWSHOT_SPLIT = "train"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,8 +15,6 @@ from seglm.metrics import (
 )
 from seglm.metrics.exact_match import reference_answer
 from seglm.tasks import Example, Task, get_task
-
-logger = logging.getLogger(__name__)
 
 
 def build_task(

@@ -4,7 +4,6 @@ a shared KV cache."""
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,6 @@ from seglm.metrics import (
 )
 from seglm.tasks import Task
 from seglm.tasks.base import LETTERS
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

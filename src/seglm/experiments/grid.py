@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import re
 from collections.abc import Iterable
@@ -18,8 +17,6 @@ from pydantic import BeforeValidator
 
 from seglm.config import DTYPES, ConfigError, TrainConfig, check_keys, coerce
 from seglm.evaluate import SCORINGS
-
-# Written last by seglm.evaluate and seglm.train: METRICS_FILE's presence finishes a cell.
 from seglm.runs import (
     GRID_FILE,
     differences,
@@ -38,9 +35,6 @@ from seglm.schema import (
     mapping_of,
     optional,
 )
-
-logger = logging.getLogger(__name__)
-
 
 BASE = "base"
 CE = "ce"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 import traceback
@@ -33,8 +32,6 @@ from seglm.runs import (
     TRAIN_REPORT_FILE,
     last_complete_checkpoint,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def _barrier() -> None:

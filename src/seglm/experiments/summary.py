@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +22,6 @@ from seglm.runs import (
     read_json,
     write_atomically,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def cell_row(root: Path, cell: Cell) -> dict[str, Any]:
