@@ -170,8 +170,9 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 FIGURE_CAPTIONS = {
-    "main": "Exact match and IoU per arm: bars are means over seeds and examples, whiskers 95% "
-    "bootstrap intervals, dots the mean of each seed.",
+    "main": "Exact match per arm, and formula IoU or log-likelihood accuracy (acc, acc_norm) "
+    "where the task has them: bars are means over seeds and examples, whiskers 95% bootstrap "
+    "intervals, dots the mean of each seed.",
     "lambda": "λ sweep: each loss at every λ that ran; λ = 1 is CE alone (dashed).",
     "errors": "Reasoning-step error rates per arm (lower is better), mean and 95% interval.",
     "training": "Training curves: the objective and each loss term (unweighted), mean over seeds "
