@@ -43,6 +43,22 @@ def test_paper_prompt_with_context(shared_data: Path) -> None:
     assert example.metadata == {"fact1": FACT}
 
 
+def test_text_target_adds_the_answer_text_and_keeps_the_letter_as_reference(
+    shared_data: Path,
+) -> None:
+    from seglm.metrics import score_prediction
+
+    example = get_task("openbookqa", target="text").load("train", data_dir=str(shared_data))[0]
+    answer = QUESTION["choices"][3]["text"]
+    assert (example.target, example.reference) == (f"D. {answer}", "D")
+    assert example.prompt == PROMPT
+    # Generating the new target scores as the right letter; another letter with that text does not.
+    assert score_prediction("choice", example.target, example.reference)["exact_match"] == 1.0
+    assert score_prediction("choice", f"C. {answer}", example.reference)["exact_match"] == 0.0
+    with pytest.raises(ValueError, match=r"target='word' is not one of 'letter', 'text'"):
+        get_task("openbookqa", target="word")
+
+
 def test_without_context_reads_main_and_drops_the_context_line(tmp_path: Path) -> None:
     main = {key: value for key, value in RECORD.items() if key != "fact1"}
     write_lines(tmp_path / "openbookqa" / "Main" / "dev.jsonl", [main])

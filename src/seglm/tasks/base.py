@@ -32,6 +32,7 @@ DataDir = str | os.PathLike[str] | None
 LETTERS = CHOICE_LETTERS  # at most len(LETTERS) choices: the letters exact match can read
 PROMPT_STYLES = ("plain", "chat")
 ERROR_POLICIES = ("raise", "skip")
+CHOICE_TARGETS = ("letter", "text")
 MAX_ERRORS_KEPT = 20
 # SmolLM2's chat template with its default system prompt adds 29 tokens; this leaves room for it.
 CHAT_TEMPLATE_MARGIN = 64
@@ -359,6 +360,34 @@ class Task:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
+
+
+@dataclass
+class ChoiceTask(Task):
+    """A multiple-choice task. Option ``target``: the gold ``letter`` (the paper's), or ``text``,
+    the letter and the answer's text (``B. the sun``): a one-token target gives an answer-only
+    loss a single position to act on. Either way the reference is the letter, and exact match
+    reads the generation's leading letter."""
+
+    target: str = "letter"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("target", self.target, CHOICE_TARGETS)
+
+    def choice_example(
+        self,
+        example_id: str,
+        question: str,
+        choices: list[str],
+        gold: int,
+        context: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Example:
+        example = super().choice_example(example_id, question, choices, gold, context, metadata)
+        if self.target == "text":
+            return dataclasses.replace(example, target=f"{LETTERS[gold]}. {choices[gold]}")
+        return example
 
 
 def option_types(task_class: type[Task]) -> dict[str, Any]:

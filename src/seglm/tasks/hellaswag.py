@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .base import (
+    ChoiceTask,
     DataDir,
     Example,
     LoadReport,
     Record,
-    Task,
     label_index,
     require,
     require_strings,
@@ -50,8 +50,8 @@ SOURCE = DatasetSource(
 
 
 @dataclass
-class HellaSwag(Task):
-    """HellaSwag with the paper's prompt."""
+class HellaSwag(ChoiceTask):
+    """HellaSwag with the paper's prompt; option ``target`` (:class:`ChoiceTask`)."""
 
     name: ClassVar[str] = "hellaswag"
     answer_format: ClassVar[str] = "choice"

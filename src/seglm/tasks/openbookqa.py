@@ -24,12 +24,12 @@ from typing import Any, ClassVar
 
 from .base import (
     LETTERS,
+    ChoiceTask,
     DataDir,
     DataError,
     Example,
     LoadReport,
     Record,
-    Task,
     require,
 )
 from .sources import DatasetSource, SplitSource, read_split
@@ -86,8 +86,9 @@ def read_choices(question: dict[str, Any], where: str) -> tuple[list[str], list[
 
 
 @dataclass
-class OpenBookQA(Task):
-    """OpenBookQA; option ``context``: show the question's core fact (``fact1``), as the paper."""
+class OpenBookQA(ChoiceTask):
+    """OpenBookQA; options ``context``: show the question's core fact (``fact1``), as the paper,
+    and ``target`` (:class:`ChoiceTask`)."""
 
     name: ClassVar[str] = "openbookqa"
     answer_format: ClassVar[str] = "choice"
