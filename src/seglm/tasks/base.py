@@ -337,13 +337,17 @@ class Task:
         return Example(
             id=example_id,
             prompt=self.render_prompt(choice_prompt(question, choices, context)),
-            target=LETTERS[gold],
+            target=self.choice_target(choices, gold),
             reference=LETTERS[gold],
             source=question,
             choices=tuple(choices),
             label=gold,
             metadata=metadata or {},
         )
+
+    def choice_target(self, choices: list[str], gold: int) -> str:
+        """What a multiple-choice example trains on: the gold letter (the paper's)."""
+        return LETTERS[gold]
 
     def loglik_query(self, example: Example) -> tuple[str, list[str]]:
         """lm-evaluation-harness's context and choices for log-likelihood scoring: the question
@@ -375,19 +379,9 @@ class ChoiceTask(Task):
         super().__post_init__()
         check_choice("target", self.target, CHOICE_TARGETS)
 
-    def choice_example(
-        self,
-        example_id: str,
-        question: str,
-        choices: list[str],
-        gold: int,
-        context: str | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Example:
-        example = super().choice_example(example_id, question, choices, gold, context, metadata)
-        if self.target == "text":
-            return dataclasses.replace(example, target=f"{LETTERS[gold]}. {choices[gold]}")
-        return example
+    def choice_target(self, choices: list[str], gold: int) -> str:
+        letter = LETTERS[gold]
+        return f"{letter}. {choices[gold]}" if self.target == "text" else letter
 
 
 def option_types(task_class: type[Task]) -> dict[str, Any]:
