@@ -95,6 +95,7 @@ Probability = Annotated[FiniteNumber, Field(ge=0, lt=1)]  # dropout: 1 would dro
 Text = Annotated[str, BeforeValidator(_number_as_text)]
 TextList = Annotated[list[Text], BeforeValidator(_comma_list)]
 NumberList = Annotated[list[Number], BeforeValidator(_comma_list)]
+CountList = Annotated[list[Count], BeforeValidator(_comma_list)]
 Options = Annotated[dict[str, Any], BeforeValidator(_key_value_items)]
 
 

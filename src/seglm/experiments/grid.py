@@ -25,6 +25,7 @@ from seglm.runs import (
 )
 from seglm.schema import (
     Count,
+    CountList,
     Mapping,
     NonNegativeInteger,
     NumberList,
@@ -53,6 +54,7 @@ GRID_KEYS = (
     "lambdas",
     "arms",
     "seeds",
+    "train_sizes",
     "base",
     "train",
     "model_train",
@@ -68,6 +70,7 @@ SUMMARY_HEAD = (
     "arm",
     "loss",
     "lambda",
+    "train_size",
     "seed",
     "status",
     "dir",
@@ -145,6 +148,7 @@ class Cell:
     lam: float | None  # weight of CE: 1 for CE alone, None for the base model and named arms
     seed: int | None  # None for the base model (greedy evaluation needs no seed)
     spec: str | None = None  # a named arm's loss spec
+    train_size: int | None = None  # training examples, when the grid sweeps them
 
     @property
     def is_base(self) -> bool:
@@ -159,7 +163,10 @@ class Cell:
 
     @property
     def relative_dir(self) -> Path:
-        folder = Path(self.task) / model_slug(self.model) / self.arm
+        folder = Path(self.task) / model_slug(self.model)
+        if self.train_size is not None:
+            folder = folder / f"n{self.train_size}"
+        folder = folder / self.arm
         return folder if self.is_base else folder / f"seed{self.seed}"
 
     @property
@@ -192,6 +199,7 @@ class Grid:
     lambdas: NumberList = field(default_factory=lambda: [DEFAULT_LAMBDA])
     arms: mapping_of(Text) = field(default_factory=dict)
     seeds: Seeds = field(default_factory=lambda: [0])
+    train_sizes: CountList = field(default_factory=list)
     base: bool = False
     train: Mapping = field(default_factory=dict)
     model_train: mapping_of(Mapping) = field(default_factory=dict)
@@ -217,9 +225,15 @@ class Grid:
         self.models = distinct(self.models)
         self.seeds = distinct(self.seeds)
         self.lambdas = distinct(self.lambdas)
+        self.train_sizes = distinct(self.train_sizes)
         self._check_values()
         self.arms = self._checked_arms()
         self.train = _check_train_settings(self.train, "train")
+        if self.train_sizes and "train_limit" in self.train:
+            raise GridError(
+                "train: train_limit is set by each cell when the grid has train_sizes; "
+                "remove one of them"
+            )
         for model, settings in self.model_train.items():
             if model not in self.models:
                 raise GridError(f"model_train: {model!r} is not one of the grid's models")
@@ -279,17 +293,24 @@ class Grid:
                 if self.base:
                     cells.append(Cell(task, model, BASE, None, None))
                 for seed in self.seeds:
-                    # CE and the named arms (the baselines, usually) first, then the losses
-                    losses = sorted(self.losses, key=lambda loss: loss != CE)
-                    if CE in losses:
-                        cells.append(Cell(task, model, CE, 1.0, seed))
-                    if named:
-                        cells.extend(
-                            Cell(task, model, name, None, seed, spec)
-                            for name, spec in self.arms.items()
-                        )
-                    for loss in (loss for loss in losses if loss != CE):
-                        cells.extend(Cell(task, model, loss, lam, seed) for lam in self.lambdas)
+                    for size in self.train_sizes or [None]:
+                        cells.extend(self._arm_cells(task, model, seed, size, named))
+        return cells
+
+    def _arm_cells(
+        self, task: str, model: str, seed: int, size: int | None, named: bool
+    ) -> list[Cell]:
+        """CE and the named arms (the baselines, usually) first, then the losses at each λ."""
+        losses = sorted(self.losses, key=lambda loss: loss != CE)
+        cells = [Cell(task, model, CE, 1.0, seed, train_size=size)] if CE in losses else []
+        if named:
+            cells.extend(
+                Cell(task, model, name, None, seed, spec, size) for name, spec in self.arms.items()
+            )
+        for loss in (loss for loss in losses if loss != CE):
+            cells.extend(
+                Cell(task, model, loss, lam, seed, train_size=size) for lam in self.lambdas
+            )
         return cells
 
     def identity(self) -> dict[str, Any]:
@@ -310,6 +331,7 @@ class Grid:
             "lambdas": self.lambdas,
             "arms": self.arms,
             "seeds": self.seeds,
+            "train_sizes": self.train_sizes,
             "base": self.base,
             "settings": {"train": self.train, "eval": dataclasses.asdict(self.eval)},
         }
@@ -331,6 +353,7 @@ class Grid:
                 lambdas=values.get("lambdas", [DEFAULT_LAMBDA]),
                 arms=values.get("arms"),
                 seeds=values.get("seeds", 1),
+                train_sizes=values.get("train_sizes"),
                 base=values.get("base", False),
                 train=values.get("train"),
                 model_train=values.get("model_train"),
@@ -429,6 +452,7 @@ def cell_config(grid: Grid, cell: Cell, root: Path) -> TrainConfig:
         "model": cell.model,
         "loss": cell.loss_spec,
         "seed": cell.seed,
+        **({"train_limit": cell.train_size} if cell.train_size is not None else {}),
         "output_dir": str(root / cell.relative_dir),
         "run_name": "/".join(cell.relative_dir.parts),
     }
@@ -447,8 +471,11 @@ def check_grid(grid: Grid, root: Path) -> None:
         config = cell_config(grid, Cell(task, grid.models[0], CE, 1.0, grid.seeds[0]), root)
         try:
             check_task_name(task)
-            get_task(task, **config.task_options).resolve_split(grid.eval.split)
+            task_data = get_task(task, **config.task_options)
+            task_data.resolve_split(grid.eval.split)
             check_environment(config)
+            if grid.train_sizes:
+                _check_train_split_size(task_data, config, max(grid.train_sizes))
         except (ConfigError, ValueError) as error:
             raise GridError(f"task {task!r}: {error}") from None
     for model in grid.models:
@@ -463,6 +490,18 @@ def check_grid(grid: Grid, root: Path) -> None:
                 build_objective(cell_config(grid, cell, root))
             except ConfigError as error:
                 raise GridError(f"cell {cell.relative_dir}: {error}") from None
+
+
+def _check_train_split_size(task: Any, config: TrainConfig, size: int) -> None:
+    """A training-size sweep must train on as many examples as each cell says: a split that
+    holds fewer would silently repeat a smaller size."""
+    found = len(task.load(config.train_split, data_dir=config.data_dir, limit=size))
+    if found < size:
+        hint = " (raise the task option train_size)" if config.task == "arith" else ""
+        raise ConfigError(
+            f"train_sizes: split {config.train_split!r} holds {found} examples, fewer than "
+            f"the largest train size {size}{hint}"
+        )
 
 
 def _check_tokenizer(model: str) -> None:
@@ -505,6 +544,7 @@ def grid_cells(values: dict[str, Any]) -> list[Cell]:
         lambdas=values["lambdas"],
         arms=values.get("arms", {}),
         seeds=values["seeds"],
+        train_sizes=values.get("train_sizes", []),
         base=values.get("base", False),
     )
     return grid.cells()
@@ -529,8 +569,8 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
                 f"{root} holds another grid ({'; '.join(changed)}); a grid may only be extended "
                 "with more losses, lambdas or seeds: use another runs folder"
             )
-        for axis in ("losses", "lambdas", "seeds"):
-            current[axis] = distinct([*previous[axis], *current[axis]])
+        for axis in ("losses", "lambdas", "seeds", "train_sizes"):
+            current[axis] = distinct([*previous.get(axis, []), *current[axis]])
         current["arms"] = _merged_arms(previous.get("arms", {}), current["arms"], root)
         current["base"] = bool(previous.get("base")) or grid.base
     elif root.exists() and any(root.iterdir()):

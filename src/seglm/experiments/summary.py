@@ -33,6 +33,7 @@ def cell_row(root: Path, cell: Cell) -> dict[str, Any]:
         "arm": cell.arm,
         "loss": cell.loss,
         "lambda": cell.lam,
+        "train_size": cell.train_size,
         "seed": cell.seed,
         "dir": str(cell.relative_dir),
     }
