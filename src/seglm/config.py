@@ -6,6 +6,7 @@ errors with a "did you mean" suggestion. This module is cheap to import (no torc
 transformers): the CLI builds its flags from it at start-up.
 """
 
+import copy
 import dataclasses
 import difflib
 import importlib.resources
@@ -14,10 +15,13 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import PlainValidator
 
+from seglm.losses.registry import LossTerm, Option, option_fields
+from seglm.losses.spec import CE_SCOPES, GROUPS, LossSpec, option_type
 from seglm.runs import RUN_CONFIG_FILE
 from seglm.schema import (
     ConfigError,
@@ -25,7 +29,6 @@ from seglm.schema import (
     Integer,
     NonNegative,
     NonNegativeInteger,
-    Number,
     Options,
     Positive,
     Probability,
@@ -52,13 +55,24 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
 AUTO = "auto"
 
 
+def _loss_spec(value: Any) -> LossSpec:
+    try:
+        return LossSpec.parse(value)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+# A loss spec, parsed when the setting is read (seglm.losses.spec).
+LossSpecText = Annotated[LossSpec, PlainValidator(_loss_spec)]
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs; ``config.yaml`` in a run folder is this, resolved."""
+class _TrainSettings:
+    """The fields of :class:`TrainConfig` other than the losses' options."""
 
     # model
     model: Text = field(
@@ -88,22 +102,17 @@ class TrainConfig:
         default="truncate_prompt",
         metadata=_help("too-long examples: truncate_prompt (never the answer) or drop"),
     )
-    # objective
-    loss: Text = field(
-        default="ce=0.6,lovasz=0.4", metadata=_help('loss spec, e.g. "ce=0.6,lovasz=0.4"')
+    # objective (each loss's options follow the other fields: LOSS_OPTION_FIELDS)
+    loss: LossSpecText = field(
+        default=LossSpec.parse("ce=0.6,lovasz=0.4"),
+        metadata=_help('loss spec, e.g. "ce=0.6,lovasz=0.4" (seglm losses lists the losses)'),
     )
-    ce_scope: Text = field(default="all", metadata=_help("CE over all supervised tokens or answer"))
-    group: Text = field(
+    ce_scope: choice(CE_SCOPES) = field(
+        default="all", metadata=_help("CE over all supervised tokens or answer")
+    )
+    group: choice(GROUPS) = field(
         default="sequence", metadata=_help("set-loss grouping: sequence (per example) or batch")
     )
-    focal_gamma: Number = field(default=2.0, metadata=_help("focal loss gamma"))
-    sadl_alpha: Number = field(default=1.0, metadata=_help("self-adjusting dice alpha"))
-    sadl_gamma: Number = field(default=1.0, metadata=_help("self-adjusting dice gamma"))
-    gdice_weighting: Text = field(default="square", metadata=_help("generalized dice weighting"))
-    gdice_absent: Text = field(
-        default="present", metadata=_help("generalized dice absent classes: present|max|paper")
-    )
-    gdice_smooth: Number = field(default=1e-5, metadata=_help("generalized dice smoothing"))
     # adapter
     adapter: choice(ADAPTERS) = field(
         default="lora", metadata=_help("lora, qlora (GPU + bitsandbytes) or full")
@@ -193,16 +202,61 @@ class TrainConfig:
     def run_dir(self) -> Path:
         if self.output_dir:
             return Path(self.output_dir)
-        loss = re.sub(r"[^a-z0-9.]+", "-", self.loss.lower()).strip("-")
+        loss = re.sub(r"[^a-z0-9.]+", "-", str(self.loss).lower()).strip("-")
         model = Path(self.model).name.lower()
         return Path("runs") / f"{self.task}-{model}-{loss}-seed{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as plain YAML/JSON values (the loss spec as its text)."""
+        return {
+            item.name: _plain(copy.deepcopy(getattr(self, item.name)))
+            for item in dataclasses.fields(self)
+        }
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the run (what a resumed run must share with the first)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """The fields that define the run (what a resumed run must share with the first). The
+        options of losses the spec does not use are left out while at their defaults, so that a
+        new loss (new option fields) leaves the identity of earlier runs unchanged."""
+        used = {term.name for term in self.loss.losses}
+        return {
+            key: value
+            for key, value in self.to_dict().items()
+            if key not in RUNTIME_FIELDS
+            and not (
+                key in LOSS_OPTION_FIELDS
+                and LOSS_OPTION_FIELDS[key][0].name not in used
+                and value == LOSS_OPTION_FIELDS[key][2].default
+            )
+        }
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, LossSpec) else value
+
+
+def _loss_option_field(term: LossTerm, name: str, option: Option) -> tuple[str, Any, Any]:
+    """A config field for one loss option: its type and range from the registry."""
+    described = option.describe_range()
+    text = f"{term.name} loss: {option.help}" + (f" ({described})" if described else "")
+    return (
+        term.field_name(name),
+        option_type(option),
+        field(default=option.default, metadata=_help(text)),
+    )
+
+
+# One field per option of each registered loss (focal_gamma, sadl_alpha, gdice_absent, ...).
+LOSS_OPTION_FIELDS: dict[str, tuple[LossTerm, str, Option]] = option_fields()
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig",
+    [_loss_option_field(*declared) for declared in LOSS_OPTION_FIELDS.values()],
+    bases=(_TrainSettings,),
+    namespace={
+        "__module__": __name__,
+        "__doc__": "Everything a training run needs; ``config.yaml`` in a run folder is this, "
+        "resolved.",
+    },
+)
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -31,6 +31,9 @@ from torch import Tensor, nn
 from seglm.losses import ItemCounts, Objective, ObjectiveOutput
 from seglm.losses.fused import fused_objective_loss
 
+# What an output layer multiplies: hidden states [B, T, H], weight [V, H] and bias [V] or None.
+HeadInput = tuple[Tensor, Tensor, Tensor | None]
+
 # The architectures (``config.model_type``) whose logits are exactly the output layer applied
 # to the final hidden states, each checked in the tests against the materialised logits of the
 # model's own forward (tests/train/test_fused_head.py). Elsewhere the logits are materialised:
@@ -50,6 +53,13 @@ FUSED_HEAD_MODEL_TYPES = frozenset(
         "stablelm",
     }
 )
+
+
+def unwrapped(model: Any) -> Any:
+    """The model inside distributed wrappers (DDP's and FSDP's ``module``)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
 
 
 def _causal_lm(model: Any) -> Any:
@@ -114,8 +124,10 @@ class FusedHead:
     def _start(self, objective: Objective, chunk_size: int | None) -> None:
         self.objective = objective
         self.chunk_size = chunk_size
-        self._batch: tuple[Tensor, Tensor | None, Any] | None = None
+        self._batch: tuple[Tensor, Tensor | None, Any, HeadInput | None] | None = None
         self._output: ObjectiveOutput | None = None
+        self._capturing = False
+        self._captured: HeadInput | None = None
 
     @contextmanager
     def computing_loss(
@@ -123,24 +135,55 @@ class FusedHead:
         labels: Tensor,
         answer_mask: Tensor | None = None,
         num_items_in_batch: int | float | Tensor | ItemCounts | None = None,
+        reference: HeadInput | None = None,
     ) -> Iterator[None]:
-        """Within this block the forward returns the loss of this batch instead of logits."""
-        self._batch = (labels, answer_mask, num_items_in_batch)
+        """Within this block the forward returns the loss of this batch instead of logits
+        (``reference``: a reference model's head input, for terms that compare with one)."""
+        self._batch = (labels, answer_mask, num_items_in_batch, reference)
         try:
             yield
         finally:
             self._batch = None
 
+    @contextmanager
+    def capturing_input(self) -> Iterator[None]:
+        """Within this block the forward keeps its input (hidden states, weight, bias: what the
+        head would multiply) instead of computing logits; :meth:`take_input` returns it. A
+        reference model's head input, read this way, costs no B x T x V logits."""
+        self._capturing, self._captured = True, None
+        try:
+            yield
+        finally:
+            self._capturing = False
+
+    def take_input(self) -> HeadInput:
+        if self._captured is None:
+            raise RuntimeError("the head captured no input: call the model in capturing_input()")
+        captured, self._captured = self._captured, None
+        return captured
+
     def _loss(self, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self._capturing:
+            detached = None if bias is None else bias.detach()
+            self._captured = (hidden.detach(), weight.detach(), detached)
+            return hidden
         assert self._batch is not None
-        labels, answer_mask, num_items = self._batch
+        labels, answer_mask, num_items, reference = self._batch
         if tuple(hidden.shape[:2]) != tuple(labels.shape):
             raise ValueError(
                 f"the fused head got hidden states {tuple(hidden.shape)} for labels "
                 f"{tuple(labels.shape)}: the model must keep every position (no logits_to_keep)"
             )
         self._output = fused_objective_loss(
-            self.objective, hidden, weight, labels, answer_mask, num_items, bias, self.chunk_size
+            self.objective,
+            hidden,
+            weight,
+            labels,
+            answer_mask,
+            num_items,
+            bias,
+            self.chunk_size,
+            reference=reference,
         )
         return self._output.loss
 
@@ -168,7 +211,7 @@ class FusedObjectiveHead(FusedHead, nn.Module):
         self._start(objective, chunk_size)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        if self._batch is None:
+        if self._batch is None and not self._capturing:
             return F.linear(hidden, self.weight, self.bias)
         return self._loss(hidden, self.weight, self.bias)
 
@@ -205,7 +248,7 @@ class FusedLoraHead(FusedHead):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         layer = self.layer
-        if self._batch is None:
+        if self._batch is None and not self._capturing:
             return type(layer).forward(layer, x, *args, **kwargs)
         base = layer.base_layer
         hidden, weight = [x], [base.weight]

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from seglm.losses import ItemCounts, Objective
-from seglm.losses.objective import SET_LOSSES
 from seglm.trainer import SegLMTrainer, SegLMTrainerMixin
 
 # SegLMSFTTrainer (module __getattr__) is built on first use: TRL is optional.
@@ -50,11 +49,15 @@ class SegLMLoss:
             raise TypeError(
                 "pass options either in the Objective or as keywords with a spec string"
             )
+        if objective.uses_reference:
+            raise ValueError(
+                "SegLMLoss: a term that compares with a reference model (asft) needs the "
+                "reference's logits, which a compute_loss_func is not given; use "
+                "seglm.integrations.SegLMTrainer or SegLMSFTTrainer"
+            )
         self.objective = objective
         self.last_components: dict[str, Tensor] = {}
-        self._sequence_terms = (
-            sorted(SET_LOSSES & objective.weights.keys()) if objective.group == "sequence" else []
-        )
+        self._sequence_terms = sorted(objective.set_terms) if objective.group == "sequence" else []
 
     def __call__(self, outputs: Any, labels: Tensor, num_items_in_batch: Any = None) -> Tensor:
         if labels is None:
@@ -112,7 +115,7 @@ def _sft_trainer_class() -> type:
             packed = getattr(self.args, "packing", False) or getattr(
                 self.args, "padding_free", False
             )
-            set_terms = SET_LOSSES & self.objective.weights.keys()
+            set_terms = self.objective.set_terms
             if packed and set_terms and self.objective.group == "sequence":
                 raise ValueError(
                     f"SegLMSFTTrainer: packing / padding_free put several examples in one row, "

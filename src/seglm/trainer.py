@@ -13,12 +13,15 @@ states in chunks (``seglm.fused_head``), so no B x T x V logits exist.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
 from typing import Any
 
 import torch
 from transformers import Trainer
 
-from seglm.fused_head import FusedHead, fused_head_blocker, install_fused_head
+from seglm.fused_head import FusedHead, fused_head_blocker, install_fused_head, unwrapped
 from seglm.losses import ItemCounts, Objective
 
 
@@ -82,6 +85,7 @@ class SegLMTrainerMixin:
         super().__init__(*args, **kwargs)
         if built_later:
             self._setup_fused_head(self.model, fused_loss)
+        self.reference_model, self.reference_head = self._setup_reference(self.model)
         # transformers < 5.19 divides the loss by the accumulation steps unless the model
         # "accepts loss kwargs"; our compute_loss passes none to the model, so this only says
         # that the loss is already normalised over the window.
@@ -95,6 +99,41 @@ class SegLMTrainerMixin:
         self.fused_head_reason = fused_head_blocker(model) if fused_loss is not False else None
         if fused_loss or (fused_loss is None and self.fused_head_reason is None):
             self.fused_head = install_fused_head(model, self.objective)
+
+    def _setup_reference(self, model: Any) -> tuple[torch.nn.Module | None, FusedHead | None]:
+        """A term that compares with a reference model (ASFT) reads the model before training:
+        with adapters (PEFT), the same model with its adapters disabled (no second copy); with
+        full fine-tuning, a frozen copy made here (``reference_copy_mib`` says its size)."""
+        self.reference_copy_mib: float | None = None
+        if not self.objective.uses_reference or hasattr(unwrapped(model), "disable_adapter"):
+            return None, None
+        copy = deepcopy(unwrapped(model)).eval().requires_grad_(False)
+        self.reference_copy_mib = round(
+            sum(p.numel() * p.element_size() for p in copy.parameters()) / 2**20, 1
+        )
+        head = install_fused_head(copy, self.objective) if self.fused_head is not None else None
+        return copy, head
+
+    @contextmanager
+    def _reference_forward(self, model: Any) -> Iterator[Any]:
+        """The reference model to call: the frozen copy, or this model with its adapters off."""
+        if self.reference_model is not None:
+            yield self.reference_model
+        else:
+            with unwrapped(model).disable_adapter():
+                yield model
+
+    def reference_outputs(self, model: Any, inputs: dict[str, Any], fused: bool) -> Any:
+        """What the reference gives a batch, without gradient: its head's input on the fused
+        path (no logits), else its logits."""
+        with torch.no_grad(), self._reference_forward(model) as reference:
+            if not fused:
+                return reference(**inputs).logits
+            head = self.reference_head or self.fused_head
+            assert head is not None
+            with head.capturing_input():
+                reference(**inputs)
+            return head.take_input()
 
     def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> ItemCounts | None:
         """The counts every term normalises by: of a training window, or of an evaluation
@@ -122,12 +161,19 @@ class SegLMTrainerMixin:
         labels = inputs.pop("labels")
         answer_mask = inputs.pop("answer_mask", None)
         # Evaluation that wants logits (prediction_loss_only off) gets them materialised.
-        if self.fused_head is None or not (model.training or self.args.prediction_loss_only):
+        fused = self.fused_head is not None and (model.training or self.args.prediction_loss_only)
+        reference = (
+            self.reference_outputs(model, inputs, fused) if self.objective.uses_reference else None
+        )
+        if not fused:
             outputs = model(**inputs)
-            result = self.objective(outputs.logits, labels, answer_mask, num_items_in_batch)
+            result = self.objective(
+                outputs.logits, labels, answer_mask, num_items_in_batch, reference
+            )
             loss = result.loss
         else:
-            with self.fused_head.computing_loss(labels, answer_mask, num_items_in_batch):
+            assert self.fused_head is not None
+            with self.fused_head.computing_loss(labels, answer_mask, num_items_in_batch, reference):
                 outputs = model(**inputs)
             result = self.fused_head.take_output()
             # The loss as the model returned it (in place of logits), so hooks that wrappers put

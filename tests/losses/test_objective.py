@@ -19,6 +19,7 @@ from seglm.losses import (
     parse_loss_spec,
     self_adjusting_dice_loss,
 )
+from seglm.losses.registry import loss_names
 
 from ._helpers import IGNORE, assert_unchanged_in_small_chunks, loss_and_grad
 
@@ -311,7 +312,7 @@ def test_parse_loss_spec(spec: str, weights: dict[str, float]) -> None:
     [
         ("ce=0.6,lovaz=0.4", r"unknown loss 'lovaz'; did you mean 'lovasz'\?"),
         ("ce=0.6,focall=0.4", r"unknown loss 'focall'; did you mean 'focal'\?"),
-        ("dice=1", r"unknown loss 'dice'.*\(known: ce, focal, sadl, gdice, lovasz, dft\)"),
+        ("dice=1", rf"unknown loss 'dice'.*\(known: {', '.join(loss_names())}\)"),
         ("ce@prompt=1", r"scope 'prompt' is not one of all, answer"),
         ("lovasz@all=1", r"set loss over the answer's tokens"),
         ("ce=0.5,ce@all=0.5", r"'ce' and 'ce@all' are the same term"),

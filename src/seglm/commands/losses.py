@@ -1,4 +1,4 @@
-"""``seglm losses``: list the losses and check a loss spec."""
+"""``seglm losses``: list the losses and their options, or check a loss spec."""
 
 from __future__ import annotations
 
@@ -10,24 +10,49 @@ from rich.table import Table
 def register(app: typer.Typer) -> None:
     @app.command("losses")
     def losses_command(
-        spec: str = typer.Argument(None, help='A loss spec to check, e.g. "ce=0.6,lovasz=0.4".'),
+        spec: str = typer.Argument(
+            None, help='A loss spec to check, e.g. "ce=0.6,lovasz=0.4" or "prob(k=10)@answer".'
+        ),
+        ce_scope: str = typer.Option("all", help="The tokens CE covers without a scope."),
     ) -> None:
-        """List the available losses, or parse SPEC and show its weights."""
-        from seglm.losses.objective import ALIASES, LOSS_NAMES, Objective
+        """List the available losses, or parse SPEC and show its terms."""
+        from seglm.losses.registry import terms
+        from seglm.losses.spec import CE_SCOPES, LossSpec
 
         console = Console()
         if spec:
+            if ce_scope not in CE_SCOPES:
+                raise typer.BadParameter(f"one of {', '.join(CE_SCOPES)}", param_hint="--ce-scope")
             try:
-                objective = Objective.from_spec(spec)
+                parsed = LossSpec.parse(spec)
             except ValueError as error:
                 raise typer.BadParameter(str(error), param_hint="SPEC") from None
-            table = Table("term", "weight", "averaged over")
-            for name, weight in objective.weights.items():
-                tokens = "prompt and answer" if objective.scope(name) == "all" else "answer"
-                table.add_row(name, f"{weight:g}", f"{tokens} tokens")
+            table = Table("term", "weight", "averaged over", "options written")
+            for term in parsed.terms:
+                scope = term.scope_in(ce_scope)
+                tokens = "prompt and answer" if scope == "all" else "answer"
+                options = (
+                    ", ".join(
+                        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in term.options
+                    )
+                    or "-"
+                )
+                table.add_row(term.key, f"{term.weight:g}", f"{tokens} tokens", options)
             console.print(table)
+            console.print(f"canonical: {parsed}", highlight=False)
             return
-        table = Table("loss", "aliases")
-        for name in LOSS_NAMES:
-            table.add_row(name, ", ".join(a for a, n in ALIASES.items() if n == name))
+        table = Table("loss", "kind", "what it is", "options (config field: default)", "aliases")
+        for term in terms().values():
+            options = "\n".join(
+                f"{term.field_name(name)}: {option.default}"
+                for name, option in term.options.items()
+            )
+            kind = "set (answer)" if term.is_set else "per token"
+            table.add_row(term.name, kind, term.summary, options or "-", ", ".join(term.aliases))
         console.print(table)
+        console.print(
+            "A spec weighs terms: ce=0.6,lovasz=0.4; NAME@all / NAME@answer choose the tokens; "
+            "NAME(OPTION=VALUE) sets an option for that term (docs/method.md).",
+            highlight=False,
+        )

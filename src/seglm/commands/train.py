@@ -18,9 +18,10 @@ import typer
 from rich.console import Console
 
 from seglm.config import FIELD_TYPES, FIELDS
+from seglm.losses.spec import LossSpec
 from seglm.runs import RUN_CONFIG_FILE
 
-TEXT_KINDS = (str, list)
+TEXT_KINDS = (str, list, LossSpec)
 
 
 def _flag_parameter(name: str) -> inspect.Parameter:
@@ -31,7 +32,7 @@ def _flag_parameter(name: str) -> inspect.Parameter:
     base = typing.get_origin(kind) or kind
     flag = "--" + name.replace("_", "-")
     default = FIELDS[name].default
-    shown = "" if default in (None, dataclasses.MISSING) else f" (default: {default})"
+    shown = "" if default is None or default is dataclasses.MISSING else f" (default: {default})"
     help_text = FIELDS[name].metadata.get("help", "") + shown
     names = f"{flag}/--no-{flag[2:]}" if base is bool else flag
     # Lists are comma-separated text; a dict (task options) is repeated key=value items.

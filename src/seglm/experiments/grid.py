@@ -17,6 +17,7 @@ from pydantic import BeforeValidator
 
 from seglm.config import DTYPES, ConfigError, TrainConfig, check_keys, coerce
 from seglm.evaluate import SCORINGS
+from seglm.losses.spec import LossSpec, canonical_loss_name
 from seglm.runs import (
     GRID_FILE,
     differences,
@@ -101,11 +102,9 @@ def _seed_count(value: Any) -> Any:
 Seeds = Annotated[list[NonNegativeInteger], BeforeValidator(_seed_count)]
 
 
-def spec_key(spec: str) -> frozenset[tuple[str, float]]:
-    """A loss spec's terms and weights, whatever their order or spelling."""
-    from seglm.losses import parse_loss_spec
-
-    return frozenset(parse_loss_spec(spec).items())
+def spec_key(spec: str) -> frozenset[Any]:
+    """A loss spec's terms, weights and options, whatever their order or spelling."""
+    return LossSpec.parse(spec).identity()
 
 
 class GridError(ValueError):
@@ -174,10 +173,7 @@ class Cell:
         """The TrainConfig loss spec: ``ce=1``, ``ce=0.6,lovasz=0.4`` or a named arm's."""
         if self.spec is not None:
             return self.spec
-        if self.loss == CE:
-            return "ce=1"
-        assert self.lam is not None
-        return f"ce={self.lam:g},{self.loss}={1 - self.lam:.6g}"
+        return str(LossSpec.mix(self.loss, 1.0 if self.lam is None else self.lam))
 
 
 def model_slug(model: str) -> str:
@@ -206,8 +202,6 @@ class Grid:
     eval: EvalSpec = field(default_factory=EvalSpec)
 
     def __post_init__(self) -> None:
-        from seglm.losses import canonical_loss_name
-
         try:
             check_fields(self, noun="key")
         except ConfigError as error:
@@ -260,8 +254,6 @@ class Grid:
 
     def _checked_arms(self) -> dict[str, str]:
         """Named arms with canonical specs; a name or a loss that another arm has is refused."""
-        from seglm.losses import parse_loss_spec
-
         taken = {
             spec_key(cell.loss_spec): cell.arm
             for cell in self.cells(named=False)
@@ -275,10 +267,9 @@ class Grid:
                     f"'-'; not {BASE!r} and not LOSS-lamλ, which names the losses x lambdas arms)"
                 )
             try:
-                weights = parse_loss_spec(spec)
+                canonical = str(LossSpec.parse(spec))
             except ValueError as error:
                 raise GridError(f"arms: {name}: {error}") from None
-            canonical = ",".join(f"{term}={weight:g}" for term, weight in weights.items())
             other = taken.setdefault(spec_key(canonical), name)
             if other != name:
                 raise GridError(f"arms: {name} trains the same loss as the arm {other!r}")

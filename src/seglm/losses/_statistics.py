@@ -21,7 +21,8 @@ from ._tokens import compute_dtype
 CHUNK_ELEMENTS = 1 << 25
 
 
-def _chunks(n: int, vocab: int) -> list[slice]:
+def chunks(n: int, vocab: int) -> list[slice]:
+    """Slices of ``n`` rows, each holding about ``CHUNK_ELEMENTS`` logits."""
     step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
     return [slice(start, start + step) for start in range(0, n, step)]
 
@@ -46,7 +47,7 @@ class _RowStatistics(torch.autograd.Function):
         all_rows = rows.shape[0] == logits.shape[0]
         log_normalizer = torch.empty(rows.shape[0], dtype=dtype, device=logits.device)
         target_logit = logits[rows, targets].to(dtype)
-        for chunk in _chunks(rows.shape[0], logits.shape[1]):
+        for chunk in chunks(rows.shape[0], logits.shape[1]):
             block = logits[chunk] if all_rows else logits.index_select(0, rows[chunk])
             # torch's fused log_softmax is several times faster on CPU than logsumexp;
             # lse = x_target - log_softmax(x)_target.
@@ -69,7 +70,7 @@ class _RowStatistics(torch.autograd.Function):
         grad = torch.empty_like(logits) if ctx.all_rows else torch.zeros_like(logits)
         row_scale = (grad_ce + grad_lse).unsqueeze(1)  # d lse / d x = softmax
         in_place = ctx.all_rows and logits.dtype == dtype
-        for chunk in _chunks(rows.shape[0], logits.shape[1]):
+        for chunk in chunks(rows.shape[0], logits.shape[1]):
             if in_place:
                 block = torch.sub(logits[chunk], log_normalizer[chunk, None], out=grad[chunk])
             else:

@@ -1,7 +1,8 @@
 """Shared plumbing for every loss: shape checks, valid-position selection, group averaging.
 
 Ignored positions are *selected away* before any softmax, never multiplied by a mask, so their
-logits (even inf or NaN) cannot reach a value or a gradient (SPEC section 7, item 2).
+logits (even inf or NaN) cannot reach a value or a gradient (the research code multiplied by a
+mask, so ignored positions became class 0 and still counted: docs/method.md, "Known defects").
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from torch import Tensor
 
 from seglm.choices import check_choice
 
+from .spec import GROUPS
+
 Group = Literal["batch", "sequence"]
-GROUPS: tuple[str, ...] = ("batch", "sequence")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -30,6 +32,11 @@ def connected_zero(logits: Tensor) -> Tensor:
     inf or NaN. DDP needs the graph connected even when a micro-batch has nothing to learn from.
     """
     return logits.reshape(-1)[:0].to(compute_dtype(logits.dtype)).sum()
+
+
+def token_mean(values: Tensor) -> Tensor:
+    """Mean over tokens; 0 (still connected to the graph) when there are none."""
+    return values.mean() if values.numel() else values.sum()
 
 
 def check_targets(targets: Tensor, vocab: int, ignore_index: int) -> None:

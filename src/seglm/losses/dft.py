@@ -7,28 +7,26 @@ with CE. The value lies in [0, 1/e] per token (the maximum of -p ln p is at p = 
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
-from .cross_entropy import token_mean, valid_token_cross_entropy
+from ._per_token import target_probability
+from .registry import LossTerm, register
 
-
-def dft_from_cross_entropy(ce: Tensor) -> Tensor:
-    """DFT per token from per-token cross-entropy (p_t = exp(-ce)): costs what CE costs."""
-    return torch.exp(-ce).detach() * ce
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
-def dft_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
-    """Mean DFT over positions whose target is not ``ignore_index``."""
-    return token_mean(
-        dft_from_cross_entropy(valid_token_cross_entropy(logits, targets, ignore_index))
+def dynamic_fine_tuning(ce: Tensor) -> Tensor:
+    return target_probability(ce).detach() * ce
+
+
+DYNAMIC_FINE_TUNING = register(
+    LossTerm(
+        name="dft",
+        kind="token",
+        summary="dynamic fine-tuning -stopgrad(p_t) log p_t: CE's gradient times p_t",
+        compute=dynamic_fine_tuning,
+        aliases=("dynamic_fine_tuning",),
+        reference="Wu et al. 2025, arXiv 2508.05629",
     )
-
-
-class DFTLoss(nn.Module):
-    def __init__(self, ignore_index: int = -100) -> None:
-        super().__init__()
-        self.ignore_index = ignore_index
-
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return dft_loss(logits, targets, self.ignore_index)
+)

@@ -1,33 +1,34 @@
-"""Focal loss (Lin et al. 2017) for next-token prediction: FL = -(1 - p_t)^gamma log p_t."""
+"""Focal loss (Lin et al. 2017) per token: FL = -(1 - p_t)^gamma log p_t.
+
+It scales each token's CE by (1 - p_t)^gamma, moving weight towards tokens the model finds
+unlikely; gamma = 0 is CE. A function of the token's CE, so it costs what CE costs.
+"""
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
-from .cross_entropy import target_complement, token_mean, valid_token_cross_entropy
+from ._per_token import target_complement
+from .registry import LossTerm, Option, register
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
-def focal_from_cross_entropy(ce: Tensor, gamma: float) -> Tensor:
-    """Focal loss per token from per-token cross-entropy (p_t = exp(-ce)): costs what CE costs."""
-    if gamma < 0:
-        raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+def focal(ce: Tensor, gamma: float) -> Tensor:
     if gamma == 0:
         return ce
     return target_complement(ce).pow(gamma) * ce
 
 
-def focal_loss(
-    logits: Tensor, targets: Tensor, gamma: float = 2.0, ignore_index: int = -100
-) -> Tensor:
-    """Mean focal loss over positions whose target is not ``ignore_index``."""
-    ce = valid_token_cross_entropy(logits, targets, ignore_index)
-    return token_mean(focal_from_cross_entropy(ce, gamma))
-
-
-class FocalLoss(nn.Module):
-    def __init__(self, gamma: float = 2.0, ignore_index: int = -100) -> None:
-        super().__init__()
-        self.gamma, self.ignore_index = gamma, ignore_index
-
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return focal_loss(logits, targets, self.gamma, self.ignore_index)
+FOCAL = register(
+    LossTerm(
+        name="focal",
+        kind="token",
+        summary="focal loss -(1 - p_t)^gamma log p_t: more weight on unlikely tokens",
+        compute=focal,
+        options={"gamma": Option(2.0, "focal loss gamma (0 is CE)", ge=0)},
+        aliases=("focal_loss",),
+        reference="Lin et al. 2017, arXiv 1708.02002",
+    )
+)

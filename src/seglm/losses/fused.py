@@ -43,7 +43,7 @@ from ._present import (
     present_class_probs,
 )
 from ._tokens import check_targets, compute_dtype, group_ids_of
-from .objective import SET_LOSSES, ItemCounts, Objective, ObjectiveOutput, SelectedRows
+from .objective import ItemCounts, Objective, ObjectiveOutput, SelectedRows
 
 # Default rows per chunk: about this many float32 logits (256 MiB) in a chunk, whatever the
 # number of tokens, so the memory of the loss depends on the vocabulary only.
@@ -138,10 +138,10 @@ class _Plan:
         values, counts = [], []
         for name in self.names:
             if self.objective.scope(name) == "answer":
-                values.append(self.objective.term(name, answer_ce, present))
+                values.append(self.objective.term_value(name, answer_ce, present))
                 counts.append(in_answer.sum())
             else:
-                values.append(self.objective.term(name, ce, present))
+                values.append(self.objective.term_value(name, ce, present))
                 counts.append(in_answer.new_tensor(ce.shape[0], dtype=torch.long))
         return torch.stack(values), torch.stack(counts)
 
@@ -360,8 +360,7 @@ def _loss_weights(
 ) -> Tensor:
     weights = torch.zeros(len(objective.weights), dtype=dtype, device=rows.index.device)
     for i, (name, weight) in enumerate(objective.weights.items()):
-        share = objective.term_share(name, num_items_in_batch, rows.counts)
-        # The share may be a float32 tensor: round it alone, as the materialised path does.
+        share = objective.term_share(name, num_items_in_batch, rows.counts, dtype)
         weights[i] = torch.as_tensor(share, dtype=dtype) * weight
     return weights
 
@@ -393,7 +392,7 @@ def fused_objective_loss(
     # rows, forward and backward.
     hidden_rows = flat if rows.index.numel() == flat.shape[0] else flat[rows.index]
     grad_enabled = torch.is_grad_enabled()
-    uses_set_term = bool(SET_LOSSES & objective.weights.keys()) and bool(rows.in_answer.any())
+    uses_set_term = bool(objective.set_terms) and bool(rows.in_answer.any())
     names = list(objective.weights)
     every_row = rows.in_answer.new_tensor(rows.index.shape[0], dtype=torch.long)
     rows_per_term = [

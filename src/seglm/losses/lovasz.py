@@ -1,22 +1,29 @@
-"""Lovász-Softmax (Berman et al. 2018): the convex surrogate of 1 - IoU, per present class."""
+"""Lovász-Softmax (Berman et al. 2018): the convex surrogate of 1 - IoU, per present class.
+
+For each class present in a group's targets, the errors |g_ic - p_ic| sorted in decreasing
+order are weighted by the increments of the Jaccard loss along that order; the loss is the
+mean over present classes, then over groups. Every (group, class) row is sorted in one call.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
-from seglm.choices import check_choice
+from .registry import LossTerm, register
 
-from ._present import PresentClassProbs, valid_present_class_probs
-from ._tokens import GROUPS, connected_zero, per_group_mean
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ._present import PresentClassProbs
 
 
-def lovasz_from_probs(present: PresentClassProbs) -> Tensor:
-    """Lovász-Softmax from present-class probabilities: mean over classes, then over groups.
+def lovasz_softmax(present: PresentClassProbs) -> Tensor:
+    """Padding gets error -1, so it sorts last, cannot change the Jaccard increments of real
+    positions, and is clamped to 0 after."""
+    import torch
 
-    Every (group, class) row is sorted in one ``sort`` call. Padding gets error -1, so it sorts
-    last, cannot change the Jaccard increments of real positions, and is clamped to 0 after.
-    """
+    from ._tokens import per_group_mean
+
     layout = present.layout
     errors = torch.where(layout.foreground, 1 - present.probs, present.probs)
     errors_sorted, order = errors.masked_fill(~layout.real, -1.0).sort(dim=1, descending=True)
@@ -32,21 +39,13 @@ def lovasz_from_probs(present: PresentClassProbs) -> Tensor:
     return per_group_mean(per_class, layout.pair_group, layout.num_groups)
 
 
-def lovasz_softmax_loss(
-    logits: Tensor, targets: Tensor, group: str = "batch", ignore_index: int = -100
-) -> Tensor:
-    """Lovász-Softmax over the classes present in each group's targets."""
-    check_choice("group", group, GROUPS)
-    present = valid_present_class_probs(logits, targets, ignore_index, group)
-    if present is None:
-        return connected_zero(logits)
-    return lovasz_from_probs(present)
-
-
-class LovaszSoftmaxLoss(nn.Module):
-    def __init__(self, group: str = "batch", ignore_index: int = -100) -> None:
-        super().__init__()
-        self.group, self.ignore_index = group, ignore_index
-
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return lovasz_softmax_loss(logits, targets, self.group, self.ignore_index)
+LOVASZ_SOFTMAX = register(
+    LossTerm(
+        name="lovasz",
+        kind="set",
+        summary="Lovász-Softmax, the convex surrogate of 1 - IoU over the answer's classes",
+        compute=lovasz_softmax,
+        aliases=("lovasz_softmax",),
+        reference="Berman et al. 2018, arXiv 1705.08790",
+    )
+)

@@ -1,19 +1,21 @@
-"""The training objective: L = lambda * CE + (1 - lambda) * L_X (SPEC section 1).
+"""The training objective: L = lambda * CE + (1 - lambda) * L_X (docs/method.md, "The objective").
 
 ``Objective`` takes a causal LM's logits and *unshifted* labels (plus an optional answer mask),
 shifts them itself, and normalises so that it can be returned from a transformers
 ``compute_loss_func`` as is: with ``num_items_in_batch`` (the number of supervised label tokens
 in the whole gradient-accumulation window, across devices when the Trainer averages tokens across
 devices), each term contributes its local value times this micro-batch's share of the window, so
-summing micro-batches gives the window's token mean for CE, focal and self-adjusting dice.
+summing micro-batches gives the window's token mean for every per-token term.
+
+Which terms exist and how each is computed comes from the loss registry
+(:mod:`seglm.losses.registry`); the spec grammar from :mod:`seglm.losses.spec`.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,103 +24,17 @@ from torch import Tensor
 from seglm.choices import check_choice
 
 from ._present import PresentClassProbs, present_class_layout, present_class_probs
-from ._statistics import row_statistics
-from ._tokens import GROUPS, check_targets, connected_zero, group_ids_of
-from .cross_entropy import token_mean
-from .dft import dft_from_cross_entropy
-from .dice import (
-    ABSENT_POLICIES,
-    WEIGHTINGS,
-    generalized_dice_from_probs,
-    self_adjusting_dice_from_cross_entropy,
+from ._statistics import chunks, row_statistics
+from ._tokens import (
+    GROUPS,
+    check_targets,
+    compute_dtype,
+    connected_zero,
+    group_ids_of,
+    token_mean,
 )
-from .focal import focal_from_cross_entropy
-from .lovasz import lovasz_from_probs
-
-LOSS_NAMES: tuple[str, ...] = ("ce", "focal", "sadl", "gdice", "lovasz", "dft")
-ALIASES: dict[str, str] = {
-    "cross_entropy": "ce",
-    "focal_loss": "focal",
-    "self_adjusting_dice": "sadl",
-    "generalized_dice": "gdice",
-    "lovasz_softmax": "lovasz",
-    "dynamic_fine_tuning": "dft",
-}
-SET_LOSSES = frozenset({"gdice", "lovasz"})
-CE_SCOPES: tuple[str, ...] = ("all", "answer")
-SCOPE_SEPARATOR = "@"
-
-
-def canonical_loss_name(name: str) -> str:
-    """Map a loss name or alias to its short name, or fail with a suggestion."""
-    key = name.strip().lower().replace("-", "_")
-    key = ALIASES.get(key, key)
-    if key not in LOSS_NAMES:
-        known = [*LOSS_NAMES, *ALIASES]
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown loss {name!r}{hint} (known: {', '.join(LOSS_NAMES)})")
-    return key
-
-
-def split_term(term: str) -> tuple[str, str | None]:
-    """``"ce@answer"`` -> ``("ce", "answer")``; ``"lovasz"`` -> ``("lovasz", None)``."""
-    name, sep, scope = term.partition(SCOPE_SEPARATOR)
-    if not sep:
-        return canonical_loss_name(name), None
-    scope = scope.strip().lower()
-    if scope not in CE_SCOPES:
-        raise ValueError(
-            f"term {term.strip()!r}: scope {scope!r} is not one of {', '.join(CE_SCOPES)} "
-            f"(NAME{SCOPE_SEPARATOR}all: every supervised token; "
-            f"NAME{SCOPE_SEPARATOR}answer: answer tokens only)"
-        )
-    return canonical_loss_name(name), scope
-
-
-def canonical_term(term: str) -> str:
-    """A term as the objective keys it: the loss's short name, with ``@scope`` unless the scope
-    is the loss's own (answer for every loss but CE, whose default is the objective's
-    ``ce_scope``, so ``ce`` and ``ce@answer`` may stand side by side)."""
-    name, scope = split_term(term)
-    if name in SET_LOSSES and scope == "all":
-        raise ValueError(
-            f"term {term.strip()!r}: {name} is a set loss over the answer's tokens; "
-            f"{SCOPE_SEPARATOR}all is offered for per-token losses (ce, focal, sadl, dft) only"
-        )
-    if scope is None or (name != "ce" and scope == "answer"):
-        return name
-    return f"{name}{SCOPE_SEPARATOR}{scope}"
-
-
-def parse_loss_spec(spec: str) -> dict[str, float]:
-    """Parse ``"ce=0.6,lovasz=0.4"`` into weights keyed by term; a lone bare name (``"lovasz"``)
-    means weight 1, and a mixture must weigh every term.
-
-    A term may carry a scope, ``NAME@all`` or ``NAME@answer``: ``ce=0.6,ce@answer=0.4`` puts
-    40% of CE's weight on the answer tokens alone (the weighting control of a comparison)."""
-    weights: dict[str, float] = {}
-    items = [part.strip() for part in spec.split(",") if part.strip()]
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep and len(items) > 1:
-            raise ValueError(
-                f"loss spec {spec!r}: {name.strip()!r} has no weight; in a mixture every term "
-                f"needs one (e.g. {name.strip()}=0.4)"
-            )
-        key = canonical_term(name)
-        try:
-            weight = float(value) if sep else 1.0
-        except ValueError:
-            raise ValueError(
-                f"loss spec {spec!r}: weight of {name.strip()!r} is not a number: {value!r}"
-            ) from None
-        if key in weights:
-            raise ValueError(f"loss spec {spec!r}: {key!r} appears twice")
-        weights[key] = weight
-    if not weights:
-        raise ValueError(f"loss spec {spec!r} names no loss")
-    return weights
+from .registry import LossTerm, option_fields
+from .spec import CE_SCOPES, LossSpec, Term, option_value
 
 
 @dataclass(frozen=True)
@@ -156,83 +72,115 @@ class ObjectiveOutput:
     components: dict[str, Tensor] = field(default_factory=dict)  # unweighted, detached, local
 
 
-@dataclass
+def as_loss_spec(weights: LossSpec | str | Mapping[str, float] | None) -> LossSpec:
+    """A spec from a spec, its text, or weights by term (``{"ce": 0.6, "lovasz": 0.4}``)."""
+    if weights is None:
+        return LossSpec.parse("ce")
+    if isinstance(weights, LossSpec | str):
+        return LossSpec.parse(weights)
+    return LossSpec.parse(",".join(f"{term}={float(weight)!r}" for term, weight in weights.items()))
+
+
 class Objective:
     """``sum_t w_t * L_t`` with CE over ``ce_scope`` tokens and every other term over answer tokens,
-    unless a term names its scope (``ce@answer``, ``focal@all``: see :func:`parse_loss_spec`).
+    unless a term names its scope (``ce@answer``, ``focal@all``: see :mod:`seglm.losses.spec`).
 
     ``Objective.from_spec("ce=0.6,lovasz=0.4")`` is the paper's setting (lambda = 0.6).
     ``group`` is the grouping of the set losses (GDice, Lovász). It defaults to ``sequence``, one
     group per example, so the loss of an example does not depend on which other examples share its
     micro-batch, on the micro-batch size or on how a batch is split across devices; ``batch``
-    (one group per micro-batch) is what the paper ran.
+    (one group per micro-batch) is what the paper ran. Loss options come from the registry's
+    defaults, then the keyword arguments named like the training config's fields
+    (``focal_gamma=1.5``), then the options written in the spec (``focal(gamma=3)``).
     """
 
-    weights: Mapping[str, float] = field(default_factory=lambda: {"ce": 1.0})
-    ce_scope: str = "all"
-    group: str = "sequence"
-    focal_gamma: float = 2.0
-    sadl_alpha: float = 1.0
-    sadl_gamma: float = 1.0
-    gdice_weighting: str = "square"
-    gdice_absent: str = "present"
-    gdice_smooth: float = 1e-5
-    ignore_index: int = -100
-
-    def __post_init__(self) -> None:
-        check_choice("ce_scope", self.ce_scope, CE_SCOPES)
-        weights: dict[str, float] = {}
-        scopes: dict[tuple[str, str], str] = {}
-        for name, value in dict(self.weights).items():
-            key = canonical_term(name)
-            if key in weights:
-                raise ValueError(f"weights: {name!r} is {key!r}, which appears twice")
-            weights[key] = float(value)
-            other = scopes.setdefault((split_term(key)[0], self._scope_of(key)), key)
-            if other != key:
+    def __init__(
+        self,
+        weights: LossSpec | str | Mapping[str, float] | None = None,
+        ce_scope: str = "all",
+        group: str = "sequence",
+        ignore_index: int = -100,
+        **options: Any,
+    ) -> None:
+        check_choice("ce_scope", ce_scope, CE_SCOPES)
+        check_choice("group", group, GROUPS)
+        self.loss_spec = as_loss_spec(weights)
+        self.ce_scope, self.group, self.ignore_index = ce_scope, group, ignore_index
+        fields = option_fields()
+        unknown = [name for name in options if name not in fields]
+        if unknown:
+            raise TypeError(f"Objective got an unknown option {unknown[0]!r}")
+        settings = {
+            name: option_value(fields[name][0], fields[name][1], value)
+            for name, value in options.items()
+        }
+        self._settings = settings
+        seen: dict[tuple[str, str], str] = {}
+        for term in self.loss_spec.terms:
+            other = seen.setdefault((term.name, term.scope_in(ce_scope)), term.key)
+            if other != term.key:
                 raise ValueError(
-                    f"weights: {other!r} and {key!r} are the same term (ce_scope is "
-                    f"{self.ce_scope!r})"
+                    f"weights: {other!r} and {term.key!r} are the same term (ce_scope is "
+                    f"{ce_scope!r})"
                 )
-        for name, weight in weights.items():
-            if not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {weight}")
-        if not any(weights.values()):
-            raise ValueError("at least one loss weight must be positive")
-        self.weights = {name: w for name, w in weights.items() if w > 0}
-        check_choice("group", self.group, GROUPS)
-        check_choice("gdice_weighting", self.gdice_weighting, WEIGHTINGS)
-        check_choice("gdice_absent", self.gdice_absent, ABSENT_POLICIES)
+        self.terms: dict[str, Term] = {t.key: t for t in self.loss_spec.terms if t.weight > 0}
+        self.weights: dict[str, float] = {key: term.weight for key, term in self.terms.items()}
+        self.options: dict[str, dict[str, Any]] = {
+            key: {
+                **term.term.defaults(),
+                **{
+                    name: settings[term.term.field_name(name)]
+                    for name in term.term.options
+                    if term.term.field_name(name) in settings
+                },
+                **dict(term.options),
+            }
+            for key, term in self.terms.items()
+        }
+
+    def __getattr__(self, name: str) -> Any:
+        """A loss option by its config field's name (``objective.focal_gamma``): the value set,
+        else the registry's default."""
+        fields = option_fields()
+        if name.startswith("_") or name not in fields:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        declared = fields[name][2]
+        return self._settings.get(name, declared.default)
 
     @classmethod
-    def from_spec(cls, spec: str, **kwargs: object) -> Objective:
-        return cls(weights=parse_loss_spec(spec), **kwargs)  # type: ignore[arg-type]
+    def from_spec(cls, spec: LossSpec | str, **kwargs: Any) -> Objective:
+        return cls(spec, **kwargs)
 
     @classmethod
-    def mix(cls, loss: str, lam: float = 0.6, **kwargs: object) -> Objective:
+    def mix(cls, loss: str, lam: float = 0.6, **kwargs: Any) -> Objective:
         """The paper's form: ``lam * CE + (1 - lam) * loss``."""
-        if not 0 <= lam <= 1:
-            raise ValueError(f"lambda must be in [0, 1], got {lam}")
-        key = canonical_loss_name(loss)
-        weights = {"ce": 1.0} if key == "ce" else {"ce": lam, key: 1 - lam}
-        return cls(weights=weights, **kwargs)  # type: ignore[arg-type]
+        return cls(LossSpec.mix(loss, lam), **kwargs)
 
     @property
     def spec(self) -> str:
-        return ",".join(f"{name}={weight:g}" for name, weight in self.weights.items())
+        return ",".join(str(term) for term in self.terms.values())
 
-    def _scope_of(self, term: str) -> str:
-        name, scope = split_term(term)
-        return scope or (self.ce_scope if name == "ce" else "answer")
+    def loss(self, key: str) -> LossTerm:
+        """The registered loss of term ``key``."""
+        return self.terms[key].term
 
-    def scope(self, term: str) -> str:
-        """The tokens term ``term`` averages over: ``all`` (supervised) or ``answer``."""
-        return self._scope_of(term)
+    def scope(self, key: str) -> str:
+        """The tokens term ``key`` averages over: ``all`` (supervised) or ``answer``."""
+        return self.terms[key].scope_in(self.ce_scope)
 
     @property
     def label_scope(self) -> str:
         """The widest scope of any term: ``all`` when a term needs the prompt's labels."""
-        return "all" if any(self.scope(t) == "all" for t in self.weights) else "answer"
+        return "all" if any(self.scope(key) == "all" for key in self.terms) else "answer"
+
+    @property
+    def set_terms(self) -> list[str]:
+        return [key for key in self.terms if self.loss(key).is_set]
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether a term needs a reference model's logits (``reference_logits``)."""
+        return any(self.loss(key).uses_reference for key in self.terms)
 
     def select_rows(self, labels: Tensor, answer_mask: Tensor | None = None) -> SelectedRows:
         """Shift the labels and keep the positions some term uses (shared with the fused path)."""
@@ -269,18 +217,21 @@ class Objective:
         labels: Tensor,
         answer_mask: Tensor | None = None,
         num_items_in_batch: int | float | Tensor | ItemCounts | None = None,
+        reference_logits: Tensor | None = None,
     ) -> ObjectiveOutput:
         """Shift, select, compute every term once, weight and normalise.
 
         ``logits`` ``[B, T, V]``; ``labels`` ``[B, T]`` unshifted, ``ignore_index`` where no loss
         applies; ``answer_mask`` ``[B, T]`` marks answer tokens (EOS included). Without it the
         answer is every supervised label, which is right for completion-only labels.
+        ``reference_logits`` ``[B, T, V]``: the reference model's, for terms that use one (ASFT).
         """
         if logits.dim() != 3 or tuple(labels.shape) != tuple(logits.shape[:2]):
             raise ValueError(
                 f"expected logits [B, T, V] and labels [B, T]; got {tuple(logits.shape)} and "
                 f"{tuple(labels.shape)}"
             )
+        self._check_reference(reference_logits, logits.shape)
         vocab = logits.shape[-1]
         rows = self.select_rows(labels, answer_mask)
         check_targets(rows.targets, vocab, self.ignore_index)
@@ -289,7 +240,7 @@ class Objective:
 
         present_layout = None
         pair_rows = pair_classes = None
-        if SET_LOSSES & self.weights.keys() and answer_of_row.numel():
+        if self.set_terms and answer_of_row.numel():
             answer_rows = rows.index.index_select(0, answer_of_row)
             group_ids, num_groups = group_ids_of(answer_rows, labels.shape[1], self.group)
             present_layout = present_class_layout(
@@ -306,77 +257,146 @@ class Objective:
                 present_layout, pair_logits, log_normalizer.index_select(0, answer_of_row)
             )
         )
+        kl = None
+        if self.uses_reference:
+            assert reference_logits is not None
+            reference = reference_logits.reshape(-1, vocab)
+            kl = reference_kl(flat, rows.index, log_normalizer, reference)
 
         total = connected_zero(logits)
         components: dict[str, Tensor] = {}
-        for name, weight in self.weights.items():
-            value = self.term(name, ce[rows.of_scope(self.scope(name))], present)
-            components[name] = value.detach()
-            scale = self.term_share(name, num_items_in_batch, rows.counts)
-            total = total + weight * value * scale
+        for key, weight in self.weights.items():
+            scope = rows.of_scope(self.scope(key))
+            statistic = self.row_statistic(key, flat, rows.index[scope])
+            value = self.term_value(
+                key, ce[scope], present, statistic, None if kl is None else kl[scope]
+            )
+            components[key] = value.detach()
+            share = self.term_share(key, num_items_in_batch, rows.counts, value.dtype)
+            total = total + weight * value * share
         return ObjectiveOutput(total, components)
 
-    def term(self, term: str, ce: Tensor, present: PresentClassProbs | None) -> Tensor:
-        """The value of ``term`` from the per-token CE of the rows of its scope (and, for a set
-        loss, the present-class probabilities of the answer rows)."""
-        name, _ = split_term(term)
-        if name == "ce":
-            return token_mean(ce)
-        if name == "focal":
-            return token_mean(focal_from_cross_entropy(ce, self.focal_gamma))
-        if name == "sadl":
-            return token_mean(
-                self_adjusting_dice_from_cross_entropy(ce, self.sadl_alpha, self.sadl_gamma)
+    def _check_reference(self, reference: Tensor | None, shape: torch.Size) -> None:
+        if not self.uses_reference:
+            return
+        if reference is None:
+            names = [key for key in self.terms if self.loss(key).uses_reference]
+            raise ValueError(
+                f"term(s) {', '.join(names)} compare the model with a reference model: pass "
+                "reference_logits (the trainers compute them with the adapters disabled)"
             )
-        if name == "dft":
-            return token_mean(dft_from_cross_entropy(ce))
-        if present is None:  # no answer token in this micro-batch
-            return ce.sum()
-        if name == "gdice":
-            return generalized_dice_from_probs(
-                present, self.gdice_weighting, self.gdice_absent, self.gdice_smooth
+        if tuple(reference.shape) != tuple(shape):
+            raise ValueError(
+                f"reference_logits {tuple(reference.shape)} must have the logits' shape "
+                f"{tuple(shape)}"
             )
-        return lovasz_from_probs(present)
+
+    def row_statistic(self, key: str, logits: Tensor, rows: Tensor) -> Tensor | None:
+        """Term ``key``'s detached statistic of each of ``logits[rows]`` (``[M, V]``); None for a
+        term without one."""
+        compute = self.loss(key).row_statistic
+        if compute is None:
+            return None
+        return detached_row_statistic(compute, self.options[key], logits, rows)
+
+    def term_value(
+        self,
+        key: str,
+        ce: Tensor,
+        present: PresentClassProbs | None = None,
+        statistic: Tensor | None = None,
+        kl: Tensor | None = None,
+    ) -> Tensor:
+        """The value of term ``key`` from the per-token CE of the rows of its scope (and their
+        row statistic and KL to the reference where the term uses them; for a set loss, the
+        present-class probabilities of the answer rows)."""
+        loss, options = self.loss(key), self.options[key]
+        if loss.is_set:
+            if present is None:  # no answer token in this micro-batch
+                return ce.sum()
+            return loss.compute(present, **options)
+        extra: dict[str, Tensor] = {}
+        if loss.row_statistic is not None:
+            assert statistic is not None
+            extra["statistic"] = statistic
+        if loss.uses_reference:
+            assert kl is not None
+            extra["kl"] = kl
+        return token_mean(loss.compute(ce, **extra, **options))
 
     def term_share(
         self,
-        name: str,
+        key: str,
         num_items: int | float | Tensor | ItemCounts | None,
         local: dict[str, Tensor],
+        dtype: torch.dtype = torch.float32,
     ) -> Tensor | float:
-        """This micro-batch's share of the window for term ``name``: ``local`` holds its counts of
-        supervised labels, answer tokens and sequences with an answer token."""
-        if name in SET_LOSSES and self.group == "sequence":
+        """This micro-batch's share of the window for term ``key`` (in ``dtype``, the loss's):
+        ``local`` holds its counts of supervised labels, answer tokens and sequences with an
+        answer token."""
+        if self.loss(key).is_set and self.group == "sequence":
             kind = "sequences"  # a mean over examples
-        elif self.scope(name) == "answer":
+        elif self.scope(key) == "answer":
             kind = "answer"
         else:
             kind = "labels"
-        return self._share(num_items, local, kind)
+        return share_of_window(num_items, local, kind, dtype)
 
-    @staticmethod
-    def _share(
-        num_items: int | float | Tensor | ItemCounts | None,
-        local: dict[str, Tensor],
-        kind: str,
-    ) -> Tensor | float:
-        """This micro-batch's share of the window's items of the kind a term averages over."""
-        if num_items is None:
-            return 1.0
-        window = getattr(num_items, kind, None) if isinstance(num_items, ItemCounts) else None
-        if window is None and isinstance(num_items, ItemCounts):
-            # Sequences not counted: fall back to the answer-token share.
-            kind, window = "answer", num_items.answer
-        if window is None:
-            # Only the label count is known: weight every term by this micro-batch's label share.
-            kind, window = "labels", num_items
-        # A window without such items has local == 0: its share is 0, not 0 / 0.
-        count = local[kind]
-        return count / torch.as_tensor(window, device=count.device).clamp_min(1)
+
+def share_of_window(
+    num_items: int | float | Tensor | ItemCounts | None,
+    local: dict[str, Tensor],
+    kind: str,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor | float:
+    """This micro-batch's share of the window's items of the kind a term averages over, divided
+    in ``dtype`` (integer counts divided would give float32, too coarse for a float64 loss)."""
+    if num_items is None:
+        return 1.0
+    window = getattr(num_items, kind, None) if isinstance(num_items, ItemCounts) else None
+    if window is None and isinstance(num_items, ItemCounts):
+        # Sequences not counted: fall back to the answer-token share.
+        kind, window = "answer", num_items.answer
+    if window is None:
+        # Only the label count is known: weight every term by this micro-batch's label share.
+        kind, window = "labels", num_items
+    # A window without such items has local == 0: its share is 0, not 0 / 0.
+    count = local[kind]
+    window = torch.as_tensor(window, device=count.device).clamp_min(1)
+    return count.to(dtype) / window.to(dtype)
+
+
+def detached_row_statistic(
+    compute: Callable[..., Tensor], options: dict[str, Any], logits: Tensor, rows: Tensor
+) -> Tensor:
+    """``compute(rows of logits, **options)`` for each of ``logits[rows]`` (``[M, V]``), a chunk
+    of rows at a time in the compute dtype, without gradient."""
+    dtype = compute_dtype(logits.dtype)
+    with torch.no_grad():
+        parts = [
+            compute(logits[rows[chunk]].to(dtype), **options)
+            for chunk in chunks(rows.shape[0], logits.shape[1])
+        ]
+    return torch.cat(parts) if parts else logits.new_zeros(0, dtype=dtype)
+
+
+def reference_kl(logits: Tensor, rows: Tensor, log_normalizer: Tensor, reference: Tensor) -> Tensor:
+    """KL(q || p) of each of ``logits[rows]`` (``[M, V]``) with q = softmax of the same rows of
+    ``reference``: sum_v q_v log q_v - sum_v q_v x_v + lse(x), differentiable in the logits
+    (its gradient is p - q), a chunk of rows at a time."""
+    parts = []
+    for chunk in chunks(rows.shape[0], logits.shape[1]):
+        selected = rows[chunk]
+        with torch.no_grad():
+            log_q = reference[selected].to(log_normalizer.dtype).log_softmax(-1)
+            q = log_q.exp()
+            negative_entropy = (q * log_q).sum(-1)
+        parts.append(negative_entropy - (q * logits[selected].to(q.dtype)).sum(-1))
+    if not parts:
+        return log_normalizer
+    return torch.cat(parts) + log_normalizer
 
 
 # The objective's options that a training config sets, each from its field of the same name (the
 # loss spec gives the weights; labels always mark ignored positions with -100).
-OBJECTIVE_OPTIONS: tuple[str, ...] = tuple(
-    option.name for option in fields(Objective) if option.name not in ("weights", "ignore_index")
-)
+OBJECTIVE_OPTIONS: tuple[str, ...] = ("ce_scope", "group", *option_fields())

@@ -14,7 +14,6 @@ import numpy as np
 
 from seglm.experiments import (
     BASE,
-    CE,
     Cell,
     GridError,
     finished_cells,
@@ -22,6 +21,7 @@ from seglm.experiments import (
     model_slug,
     read_grid_file,
 )
+from seglm.losses.spec import LossSpec
 from seglm.runs import (
     EVAL_SETTINGS_FILE,
     METRICS_FILE,
@@ -65,6 +65,8 @@ LABELS = {
     "wrong_operators": "wrong operators",
     "inverted_operands": "inverted operands",
 }
+# The losses the paper compared, in its order: the report lists their arms first.
+PAPER_ORDER = ("focal", "sadl", "gdice", "lovasz")
 COMPONENT = re.compile(r"^loss_([a-z0-9_]+(?:@[a-z]+)?)$")
 
 
@@ -161,23 +163,12 @@ def load_groups(root: Path) -> list[Group]:
     ]
 
 
-def _ce_terms(spec: str, ce_scope: str) -> dict[str, float] | None:
-    """A spec made of CE terms only, as weights per scope (``{"all": 0.6, "answer": 0.4}``);
-    None when another loss takes part."""
-    from seglm.losses import Objective, split_term
-
-    objective = Objective.from_spec(spec, ce_scope=ce_scope)
-    if any(split_term(term)[0] != CE for term in objective.weights):
-        return None
-    return {objective.scope(term): weight for term, weight in objective.weights.items()}
-
-
 def baseline_roles(arms: Sequence[Arm], ce_scope: str) -> dict[str, str]:
     """Which arms are the baselines: CE(all), CE(answer), and the weighting control
     ``λ·CE(all) + (1 − λ)·CE(answer)`` (one per λ; each loss arm meets the one at its own λ)."""
     roles: dict[str, str] = {}
     for arm in arms:
-        terms = _ce_terms(arm.spec, ce_scope) if arm.spec else None
+        terms = LossSpec.parse(arm.spec).ce_weights(ce_scope) if arm.spec else None
         if terms is None:
             continue
         if set(terms) == {"all"}:
@@ -191,18 +182,7 @@ def baseline_roles(arms: Sequence[Arm], ce_scope: str) -> dict[str, str]:
 
 def ce_all_weight(arm: Arm, ce_scope: str) -> float | None:
     """λ of an arm: the weight of its CE over all tokens, relative to its total weight."""
-    from seglm.losses import Objective, split_term
-
-    if arm.spec is None:
-        return None
-    objective = Objective.from_spec(arm.spec, ce_scope=ce_scope)
-    total = sum(objective.weights.values())
-    all_ce = sum(
-        weight
-        for term, weight in objective.weights.items()
-        if split_term(term)[0] == CE and objective.scope(term) == "all"
-    )
-    return all_ce / total
+    return None if arm.spec is None else LossSpec.parse(arm.spec).ce_all_weight(ce_scope)
 
 
 def _load_group(root: Path, task: str, model: str, cells: list[Cell], ce_scope: str) -> Group:
@@ -254,14 +234,14 @@ def _number(value: Any) -> float:
     )
 
 
-def _arm_order(arm: Arm, roles: dict[str, str]) -> tuple[int, str, float]:
-    """base first, then the baselines, then the losses in the paper's order (λ ascending), then
-    the other named arms."""
-    from seglm.losses import LOSS_NAMES
-
+def _arm_order(arm: Arm, roles: dict[str, str]) -> tuple[int, int, str, float]:
+    """base first, then the baselines, then the losses (the paper's four in its order, then the
+    others by name; λ ascending), then the other named arms."""
     if arm.loss == BASE:
-        return (0, "", 0.0)
+        return (0, 0, "", 0.0)
     if arm.name in roles:
-        return (1 + BASELINES.index(roles[arm.name]), arm.name, arm.lam or 0.0)
-    rank = LOSS_NAMES.index(arm.loss) if arm.loss in LOSS_NAMES else len(LOSS_NAMES)
-    return (1 + len(BASELINES) + rank, arm.loss, arm.lam or 0.0)
+        return (1 + BASELINES.index(roles[arm.name]), 0, arm.name, arm.lam or 0.0)
+    if arm.spec is not None and arm.loss == arm.name:  # a named arm
+        return (2 + len(BASELINES), 0, arm.name, 0.0)
+    rank = PAPER_ORDER.index(arm.loss) if arm.loss in PAPER_ORDER else len(PAPER_ORDER)
+    return (1 + len(BASELINES), rank, arm.loss, arm.lam or 0.0)
