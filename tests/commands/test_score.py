@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from seglm.cli import app
+from seglm.tasks.base import question_prompt
 from seglm.commands.score import AnswerFormat
 from seglm.metrics import ANSWER_FORMATS
 
@@ -180,7 +181,8 @@ def test_without_tasks_module_asks_for_format(
 
 
 def test_roscoe_scores_and_correlations_with_the_offline_embedding_model(tmp_path: Path) -> None:
-    """A prediction that answers another question is less faithful to its source."""
+    """A prediction that answers another question is less faithful to its source, given as
+    'source' or in seglm eval's 'prompt'."""
     gsm8k = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
     if not gsm8k.is_file():
         pytest.skip(f"{gsm8k} is missing")
@@ -192,6 +194,8 @@ def test_roscoe_scores_and_correlations_with_the_offline_embedding_model(tmp_pat
         {"prediction": rows[3 - i]["answer"], "reference": row["answer"], "source": row["question"]}
         for i, row in enumerate(rows[2:])
     ]
+    for line in lines[1::2]:  # as seglm eval writes it: the prompt, not the bare question
+        line["prompt"] = question_prompt(line.pop("source"))
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text("".join(json.dumps(line) + "\n" for line in lines))
     per_example, correlations = tmp_path / "per_example.jsonl", tmp_path / "correlations.json"

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--roscoe",
                 help="Add ROSCOE reasoning-chain scores; each line needs the question as "
-                "'source' (or 'question').",
+                "'source' (or 'question', or seglm eval's 'prompt').",
             ),
         ] = False,
         roscoe_families: Annotated[
@@ -115,16 +115,19 @@ def _add_roscoe(
     from seglm.metrics.correlations import pearson_correlations, render_correlations
     from seglm.metrics.roscoe import add_roscoe_scores
     from seglm.runs import iter_jsonl
+    from seglm.tasks.base import question_of_prompt
 
     by_line = dict(iter_jsonl(path))
     records = []
     for example in scored:
         record = by_line[example.line]
         source = record.get("source", record.get("question"))
+        if source is None and isinstance(record.get("prompt"), str):  # seglm eval's own file
+            source = question_of_prompt(record["prompt"])
         if not isinstance(source, str):
             raise typer.BadParameter(
                 f"{path}, line {example.line}: --roscoe needs the question text as a string "
-                "field 'source' (or 'question')",
+                "field 'source' (or 'question', or seglm's 'prompt')",
                 param_hint="PREDICTIONS",
             )
         records.append({"source": source, "prediction": record["prediction"]})

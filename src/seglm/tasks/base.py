@@ -178,19 +178,29 @@ def require_strings(fields: dict[str, Any], name: str, where: str, minimum: int 
     return values
 
 
+QUESTION_PREFIX, ANSWER_CUE = "Question: ", "\nAnswer: "
+
+
 def question_prompt(question: str) -> str:
     """The paper's prompt for generative tasks."""
-    return f"Question: {question}\nAnswer: "
+    return f"{QUESTION_PREFIX}{question}{ANSWER_CUE}"
+
+
+def question_of_prompt(prompt: str) -> str:
+    """The question inside a prompt in the paper's format (``Question: ... Answer: ``, what
+    seglm writes as each prediction's ``prompt``); any other prompt as it is."""
+    if prompt.startswith(QUESTION_PREFIX) and prompt.endswith(ANSWER_CUE):
+        return prompt[len(QUESTION_PREFIX) : -len(ANSWER_CUE)]
+    return prompt
 
 
 def choice_prompt(question: str, choices: list[str], context: str | None = None) -> str:
     """The paper's prompt for multiple choice: lettered options, an optional context line."""
-    lines = [f"Question: {question}"]
+    lines = [f"{QUESTION_PREFIX}{question}"]
     lines += [f"{LETTERS[i]}. {text}" for i, text in enumerate(choices)]
     if context is not None:
         lines.append(f"Context: {context}")
-    lines.append("Answer: ")
-    return "\n".join(lines)
+    return "\n".join(lines) + ANSWER_CUE
 
 
 def label_index(value: Any, count: int, where: str, field_name: str, letters: bool = False) -> int:
