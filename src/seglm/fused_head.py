@@ -19,20 +19,19 @@ place of the logits.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglm.losses import ItemCounts, Objective, ObjectiveOutput
 from seglm.losses.fused import fused_objective_loss
 
-# What an output layer multiplies: hidden states [B, T, H], weight [V, H] and bias [V] or None.
-HeadInput = tuple[Tensor, Tensor, Tensor | None]
+# What an output layer multiplies, in column blocks: hidden states [B, T, H_i], weights
+# [V, H_i] (logits = sum_i hidden_i @ weight_i^T + bias) and the bias [V] or None.
+HeadInput = tuple[list[Tensor], list[Tensor], Tensor | None]
 
 # The architectures (``config.model_type``) whose logits are exactly the output layer applied
 # to the final hidden states, each checked in the tests against the materialised logits of the
@@ -162,16 +161,25 @@ class FusedHead:
         captured, self._captured = self._captured, None
         return captured
 
-    def _loss(self, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def _loss(
+        self, hidden: Tensor | list[Tensor], weight: Tensor | list[Tensor], bias: Tensor | None
+    ) -> Tensor:
+        """The objective's loss of the batch; ``hidden`` and ``weight`` may be column blocks."""
+        hidden_blocks = [hidden] if isinstance(hidden, Tensor) else hidden
+        weight_blocks = [weight] if isinstance(weight, Tensor) else weight
         if self._capturing:
-            detached = None if bias is None else bias.detach()
-            self._captured = (hidden.detach(), weight.detach(), detached)
-            return hidden
+            self._captured = (
+                [block.detach() for block in hidden_blocks],
+                [block.detach() for block in weight_blocks],
+                None if bias is None else bias.detach(),
+            )
+            return hidden_blocks[0]
         assert self._batch is not None
         labels, answer_mask, num_items, reference = self._batch
-        if tuple(hidden.shape[:2]) != tuple(labels.shape):
+        states = hidden_blocks[0]
+        if tuple(states.shape[:2]) != tuple(labels.shape):
             raise ValueError(
-                f"the fused head got hidden states {tuple(hidden.shape)} for labels "
+                f"the fused head got hidden states {tuple(states.shape)} for labels "
                 f"{tuple(labels.shape)}: the model must keep every position (no logits_to_keep)"
             )
         self._output = fused_objective_loss(
@@ -234,10 +242,10 @@ class FusedObjectiveHead(FusedHead, nn.Module):
 class FusedLoraHead(FusedHead):
     """A PEFT LoRA output layer that returns the objective's loss while supervising.
 
-    The LoRA logits ``x W^T + b + s * (dropout(x) A^T) B^T`` are one product of the widened
-    hidden states ``[x, s * dropout(x) A^T]`` with the widened weight ``[W, B]``, which
-    ``fused_objective_loss`` takes as it takes a plain head: gradients reach x, A and B by
-    autograd, none is kept for the frozen W. The layer stays the same PEFT module (its
+    The LoRA logits ``x W^T + b + s * (dropout(x) A^T) B^T`` are the sum of two column blocks,
+    ``x`` with the frozen ``W`` and ``s * dropout(x) A^T`` with ``B`` (one block per active
+    adapter), which ``fused_objective_loss`` takes without concatenating them: gradients reach
+    x, A and B, and none is computed for the frozen W. The layer stays the same PEFT module (its
     parameters, names, saving and loading); only its forward is replaced, while installed.
     """
 
@@ -260,12 +268,7 @@ class FusedLoraHead(FusedHead):
                 down = lora_a(layer.lora_dropout[name](x.to(lora_a.weight.dtype)))
                 hidden.append(down * layer.scaling[name])
                 weight.append(layer.lora_B[name].weight)
-        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (*hidden, *weight)))
-        return self._loss(
-            torch.cat([t.to(dtype) for t in hidden], dim=-1),
-            torch.cat([t.to(dtype) for t in weight], dim=-1),
-            base.bias,
-        )
+        return self._loss(hidden, weight, base.bias)
 
     def remove(self) -> None:
         """Give the layer its own forward back."""

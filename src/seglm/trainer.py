@@ -23,6 +23,7 @@ from transformers import Trainer
 
 from seglm.fused_head import FusedHead, fused_head_blocker, install_fused_head, unwrapped
 from seglm.losses import ItemCounts, Objective
+from seglm.losses.fused import fused_path_problem
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -96,7 +97,11 @@ class SegLMTrainerMixin:
         self._window: Any = None
 
     def _setup_fused_head(self, model: Any, fused_loss: bool | None) -> None:
-        self.fused_head_reason = fused_head_blocker(model) if fused_loss is not False else None
+        self.fused_head_reason = None
+        if fused_loss is not False:
+            self.fused_head_reason = fused_head_blocker(model) or fused_path_problem(self.objective)
+        if fused_loss and self.fused_head_reason is not None:
+            raise ValueError(f"the fused loss cannot be used: {self.fused_head_reason}")
         if fused_loss or (fused_loss is None and self.fused_head_reason is None):
             self.fused_head = install_fused_head(model, self.objective)
 

@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from seglm.cli import app
-from seglm.tasks.base import question_prompt
 from seglm.commands.score import AnswerFormat
 from seglm.metrics import ANSWER_FORMATS
+from seglm.tasks.base import question_prompt
 
 runner = CliRunner()
 

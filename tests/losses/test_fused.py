@@ -11,7 +11,12 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from seglm.losses import ItemCounts, Objective, ObjectiveOutput
-from seglm.losses.fused import CHUNK_VALUES, default_chunk_size, fused_objective_loss
+from seglm.losses.fused import (
+    CHUNK_VALUES,
+    ROW_TILE,
+    default_chunk_size,
+    fused_objective_loss,
+)
 
 from ._helpers import IGNORE
 
@@ -201,6 +206,127 @@ def test_autocast(spec: str) -> None:
     assert_same_up_to_bfloat16(fused, expected, torch.float32)
 
 
+def gradients_of_half_logits(
+    objective: Objective,
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    num_items: int,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """``scale`` times the gradients of hidden and weight, in float64, of the objective of the
+    logits as a half-precision head rounds them (the rounding the fused path also sees)."""
+    logits = F.linear(hidden, weight).double().requires_grad_()
+    objective(logits, labels, num_items_in_batch=num_items).loss.backward()
+    dlogits = logits.grad.reshape(-1, weight.shape[0]) * scale
+    return dlogits @ weight.double(), dlogits.T @ hidden.double().reshape(-1, weight.shape[1])
+
+
+@pytest.mark.parametrize("train_weight", [True, False], ids=["trained-head", "frozen-head"])
+@pytest.mark.parametrize("spec", ["ce=0.6,focal=0.4", "ce=0.6,lovasz=0.4"])
+def test_float16_gradients_are_kept_until_the_loss_scale_lifts_them(
+    spec: str, train_weight: bool
+) -> None:
+    """fp16 training multiplies the loss's gradient by GradScaler's scale (65536 at first) in
+    the backward. With 65536 tokens in the accumulation window a row's logit gradient is about
+    1e-5 times its probabilities: rounded to fp16 before the scale, its small entries flush to
+    zero and the rest lose digits. Scaled, they are the float64 gradients up to fp16 rounding."""
+    objective = Objective.from_spec(spec)
+    generator = torch.Generator().manual_seed(12)
+    hidden = torch.randn(4, 64, 32, generator=generator).half()
+    weight = (torch.randn(1000, 32, generator=generator) * 0.5).half()
+    labels = torch.randint(1000, (4, 64), generator=generator)
+    scale, num_items = 65536.0, 65536
+    hidden.requires_grad_()
+    weight.requires_grad_(train_weight)
+    output = fused_objective_loss(
+        objective, hidden, weight, labels, num_items_in_batch=num_items, chunk_size=50
+    )
+    output.loss.backward(torch.tensor(scale))
+    expected = gradients_of_half_logits(
+        objective, hidden.detach(), weight.detach(), labels, num_items, scale
+    )
+    got = [hidden.grad.reshape(-1, 32), weight.grad]
+    for name, grad, reference in zip(("hidden", "weight"), got, expected, strict=True):
+        if name == "weight" and not train_weight:
+            assert grad is None
+            continue
+        assert grad is not None and grad.dtype == torch.float16
+        error = (grad.double() - reference).norm() / reference.norm()
+        assert error < 1e-3, (name, error)  # fp16 rounding: ~5e-4; rounded before: ~2e-2
+        representable = reference.abs() >= 2**-24  # fp16's smallest subnormal
+        assert not (grad[representable] == 0).any(), name
+
+
+def test_bfloat16_weight_gradient_is_rounded_once() -> None:
+    """Each chunk's product is added in float32: the bf16 weight gradient is the float64 one
+    rounded to bf16 (up to ties), not a sum of products each rounded to bf16 first."""
+    objective = Objective.from_spec("ce")
+    generator = torch.Generator().manual_seed(13)
+    hidden = torch.randn(4, 64, 32, generator=generator).bfloat16()
+    weight = (torch.randn(300, 32, generator=generator) * 0.3).bfloat16().requires_grad_()
+    labels = torch.randint(300, (4, 64), generator=generator)
+    fused_objective_loss(objective, hidden, weight, labels, chunk_size=8).loss.backward()
+    _, expected = gradients_of_half_logits(
+        objective, hidden, weight.detach(), labels, hidden.shape[0] * 63, 1.0
+    )
+    assert weight.grad is not None
+    same = (weight.grad == expected.bfloat16()).double().mean().item()
+    assert same > 0.99  # each chunk rounded first: 0.62
+
+
+def lora_blocks(batch: Batch, rank: int = 3, seed: int = 14) -> tuple[Tensor, Tensor]:
+    """LoRA's ``[B, T, r]`` down-projected hidden states and ``[V, r]`` up-projection."""
+    generator = torch.Generator().manual_seed(seed)
+    down = torch.randn(rank, batch.hidden.shape[-1], generator=generator, dtype=torch.float64)
+    up = torch.randn(batch.weight.shape[0], rank, generator=generator, dtype=torch.float64)
+    return batch.hidden @ down.T, up
+
+
+class ProductShapes(TorchDispatchMode):
+    """Records the output shape of every matrix product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in ("mm", "addmm", "addmm_"):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("spec", ["ce=0.6,focal=0.4", "ce=0.6,gdice=0.2,lovasz=0.2"])
+def test_column_blocks_train_only_what_requires_a_gradient(spec: str) -> None:
+    """A frozen weight and a LoRA up-projection as two blocks: the same loss and gradients as
+    the concatenated head, and none for the frozen block: no product gives a [V, H] gradient
+    (only the up block's [V, r] one, once per chunk)."""
+    objective = Objective.from_spec(spec)
+    batch = make_batch(seed=14, vocab=53)
+    low, up = lora_blocks(batch)
+    expected_leaves = [batch.hidden.clone().requires_grad_(), low.clone().requires_grad_()]
+    expected_up = up.clone().requires_grad_()
+    logits = F.linear(torch.cat(expected_leaves, -1), torch.cat([batch.weight, expected_up], -1))
+    expected = objective(logits, batch.labels, batch.answer_mask)
+    expected.loss.backward()
+
+    leaves = [batch.hidden.clone().requires_grad_(), low.clone().requires_grad_()]
+    weight, trained_up = batch.weight.clone(), up.clone().requires_grad_()
+    with ProductShapes() as probe:
+        output = fused_objective_loss(
+            objective, leaves, [weight, trained_up], batch.labels, batch.answer_mask, chunk_size=5
+        )
+        output.loss.backward()
+    torch.testing.assert_close(output.loss, expected.loss, rtol=1e-10, atol=1e-12)
+    for got, reference in zip([*leaves, trained_up], [*expected_leaves, expected_up], strict=True):
+        assert reference.grad is not None and reference.grad.abs().max() > 0
+        torch.testing.assert_close(got.grad, reference.grad, rtol=1e-10, atol=1e-12)
+    assert weight.grad is None
+    vocab_rows = [shape for shape in probe.shapes if shape[0] == 53]
+    assert vocab_rows == [tuple(up.shape)] * 4  # 19 used rows in chunks of 5
+
+
 def test_frozen_head_gets_no_gradient() -> None:
     objective = Objective.from_spec("ce=0.6,lovasz=0.4")
     batch = make_batch(seed=4)
@@ -327,9 +453,11 @@ def test_never_holds_more_than_a_chunk_of_logits(spec: str) -> None:
             assert probe.largest <= max(bound, vocab * size)
 
 
-def test_default_chunk_size_bounds_the_logits() -> None:
-    rows = default_chunk_size(151936)
-    assert rows * 151936 <= CHUNK_VALUES < (rows + 1) * 151936
+def test_default_chunk_size_bounds_the_logits_in_whole_tiles() -> None:
+    rows = default_chunk_size(151936)  # 441 rows fit; 384 = 3 x 128 is the chunk
+    assert rows == 384 and rows % ROW_TILE == 0
+    assert rows * 151936 <= CHUNK_VALUES < (rows + ROW_TILE) * 151936
+    assert default_chunk_size(CHUNK_VALUES // 100) == 100  # fewer rows than a tile fit
     assert default_chunk_size(CHUNK_VALUES * 2) == 1
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from seglm.config import ConfigError, resolve_config
@@ -159,6 +160,37 @@ def test_lora_on_the_output_layer_is_fused_with_the_same_gradients(dropout: floa
     torch.testing.assert_close(
         fused.eval()(input_ids=ids).logits, reference.eval()(input_ids=ids).logits
     )
+
+
+class ProducedShapes(TorchDispatchMode):
+    """Records the shape of every tensor any operation produces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self.shapes.add(tuple(tensor.shape))
+        return out
+
+
+def test_lora_on_the_output_layer_computes_nothing_for_the_frozen_weight() -> None:
+    """Only the adapter's [V, r] gradient is computed: no copy of the frozen [V, H] weight
+    (widened to [V, H + r]) and no gradient of it exist while the fused LoRA head trains."""
+    model = get_peft_model(
+        tiny_llama(vocab_size=50, hidden_size=32), LoraConfig(r=4, target_modules=["lm_head"])
+    )
+    head = install_fused_head(model, Objective.from_spec("ce=0.6,lovasz=0.4"), chunk_size=5)
+    data = batch(vocab=50)
+    with head.computing_loss(data["labels"], data["answer_mask"]), ProducedShapes() as probe:
+        model(input_ids=data["input_ids"]).logits.backward()
+    widest = max(shape[1] for shape in probe.shapes if len(shape) == 2 and shape[0] == 50)
+    assert widest < 32  # the adapter's [V, 4], chunks' transposed [V, 5] logits
+    lora_b = model.get_base_model().lm_head.lora_B["default"].weight
+    assert lora_b.grad is not None and lora_b.grad.abs().max() > 0
 
 
 def test_blockers_name_the_reason() -> None:

@@ -119,6 +119,9 @@ class LossSpec(str):
         spec.terms = terms
         return spec
 
+    def __getnewargs__(self) -> tuple[tuple[Term, ...]]:  # type: ignore[override]
+        return (self.terms,)  # what pickle and copy pass to __new__
+
     @classmethod
     def parse(cls, text: str | LossSpec) -> LossSpec:
         """Parse a spec or raise a ValueError that quotes it and says what is wrong."""
