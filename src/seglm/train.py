@@ -539,6 +539,7 @@ def _fit(
             if trainer.fused_head_reason
             else {}
         ),
+        **({"reference": trainer.reference_report()} if objective.uses_reference else {}),
         "dtype": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "world_size": args.world_size,
         **distributed_setup(trainer),

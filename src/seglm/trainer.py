@@ -119,6 +119,12 @@ class SegLMTrainerMixin:
         head = install_fused_head(copy, self.objective) if self.fused_head is not None else None
         return copy, head
 
+    def reference_report(self) -> dict[str, Any]:
+        """How the reference model was kept, for the run's report."""
+        if self.reference_model is None:
+            return {"kind": "the model with its adapters disabled", "extra_memory_mib": 0.0}
+        return {"kind": "a frozen copy of the model", "extra_memory_mib": self.reference_copy_mib}
+
     @contextmanager
     def _reference_forward(self, model: Any) -> Iterator[Any]:
         """The reference model to call: the frozen copy, or this model with its adapters off."""
