@@ -53,6 +53,16 @@ from seglm.evaluate.files import (
     read_predictions,
     share_file,
 )
+from seglm.evaluate.model_source import (
+    LoadedModel,
+    ModelSource,
+    check_vocabulary,
+    dtype_name,
+    load_for_eval,
+    load_source_model,
+    load_source_tokenizer,
+    resolve_model,
+)
 from seglm.evaluate.requests import (
     Request,
     build_requests,
@@ -65,16 +75,6 @@ from seglm.evaluate.requests import (
     select_examples,
 )
 from seglm.evaluate.scorer import Generation, Scorer, cut_at_stop, example_metrics, loglik_metrics
-from seglm.evaluate.sources import (
-    LoadedModel,
-    ModelSource,
-    check_vocabulary,
-    dtype_name,
-    load_for_eval,
-    load_source_model,
-    load_source_tokenizer,
-    resolve_model,
-)
 from seglm.metrics import (
     aggregate,
     count_scored,

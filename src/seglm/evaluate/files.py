@@ -16,9 +16,8 @@ from typing import Any
 
 from seglm.distributed import Ranks
 from seglm.evaluate.common import EvalError
-from seglm.metrics import (
-    PredictionsFileError,
-)
+from seglm.json_lines import iter_jsonl
+from seglm.metrics import PredictionsFileError
 from seglm.runs import (
     EVAL_LOCK_FILE,
     EVAL_SETTINGS_FILE,
@@ -53,51 +52,51 @@ class EvalSettings:
 
 @contextlib.contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the output folder for one evaluation: an exclusive ``flock`` on ``EVAL_LOCK_FILE``
-    in it, so a second evaluation into the folder is refused at once, naming the process that holds
+    """Hold the output folder for one evaluation: an exclusive lock on ``EVAL_LOCK_FILE`` in it,
+    so a second evaluation into the folder is refused at once, naming the process that holds
     it, instead of both appending the same predictions. The kernel drops the lock when the
     holder exits, however it exits (a stale lock file blocks no one)."""
-    import fcntl
-    import socket
+    from filelock import FileLock, Timeout
 
     problem = folder_problem(out_dir)
     if problem:
         raise EvalError(f"output folder: {problem}; choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / EVAL_LOCK_FILE, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "a process that has not said which yet"
-            raise EvalError(
-                f"{out_dir} is in use by another evaluation ({holder}); wait for it to "
-                "finish (a rerun then resumes from its predictions), or choose another "
-                "--output-dir"
-            ) from None
-        except OSError as error:  # a file system without locks (ENOLCK, EOPNOTSUPP)
-            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            logger.warning(
-                "%s: cannot lock it (%s); a second evaluation into it would not be noticed",
-                out_dir,
-                error,
-            )
-            unlocked = True
-        else:
-            unlocked = False
-        if unlocked:
-            yield
-            return
-        try:
-            handle.seek(0)
-            handle.truncate()
-            started = time.strftime("%Y-%m-%d %H:%M:%S")
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
-            handle.flush()
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    path = out_dir / EVAL_LOCK_FILE
+    lock = FileLock(path, timeout=0, on_acquired=_say_who_holds)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = path.read_text().strip() or "a process that has not said which yet"
+        raise EvalError(
+            f"{out_dir} is in use by another evaluation ({holder}); wait for it to finish (a "
+            "rerun then resumes from its predictions), or choose another --output-dir"
+        ) from None
+    except OSError as error:  # a file system without locks (ENOLCK, EOPNOTSUPP)
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        logger.warning(
+            "%s: cannot lock it (%s); a second evaluation into it would not be noticed",
+            out_dir,
+            error,
+        )
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _say_who_holds(descriptor: int) -> None:
+    """The lock file's text, which a refused evaluation shows: this process, since when."""
+    import socket
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.ftruncate(descriptor, 0)
+    os.pwrite(
+        descriptor, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0
+    )
 
 
 def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> None:
@@ -147,24 +146,10 @@ def read_predictions(path: Path, scoring: str) -> dict[str, dict[str, Any]]:
     the end of the evaluation leaves it out; any other bad line is an error naming it."""
     if not path.is_file():
         return {}
-    data = path.read_bytes()
     records: dict[str, dict[str, Any]] = {}
     lines_of: dict[str, int] = {}
-    offset = 0
-    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
-        start, offset = offset, offset + len(raw)
-        if not raw.strip():
-            continue
+    for number, record in iter_jsonl(path, error=PredictionsFileError, repair=True):
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(raw)
-        except ValueError as error:
-            if raw.endswith(b"\n"):
-                raise PredictionsFileError(f"{where}: not valid JSON ({error})") from None
-            logger.warning("%s: dropped a line torn by an interrupted write", where)
-            with path.open("r+b") as handle:
-                handle.truncate(start)
-            return records
         check_record(record, where, scoring)
         if record["id"] in records:
             first = lines_of[record["id"]]
@@ -182,9 +167,6 @@ def read_predictions(path: Path, scoring: str) -> dict[str, dict[str, Any]]:
             )
         records[record["id"]] = record
         lines_of[record["id"]] = number
-    if data and not data.endswith(b"\n"):
-        with path.open("ab") as handle:
-            handle.write(b"\n")
     return records
 
 
@@ -195,9 +177,7 @@ def _same_prediction(record: dict[str, Any], other: dict[str, Any]) -> bool:
     }
 
 
-def check_record(record: Any, where: str, scoring: str) -> None:
-    if not isinstance(record, dict):
-        raise PredictionsFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def check_record(record: dict[str, Any], where: str, scoring: str) -> None:
     _check_fields(record, RECORD_FIELDS, where, "")
     if scoring != "generate":
         if not isinstance(record.get("loglik"), dict):

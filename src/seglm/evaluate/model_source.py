@@ -222,6 +222,6 @@ def check_vocabulary(model: Any, tokenizer: Any, name: str) -> None:
 
 
 def dtype_name(model: Any) -> str:
-    from seglm.models import DTYPES
+    from seglm.models import TORCH_DTYPES
 
-    return next(name for name, dtype in DTYPES.items() if dtype == model.dtype)
+    return next(name for name, dtype in TORCH_DTYPES.items() if dtype == model.dtype)
