@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +23,10 @@ from seglm.runs import (
     PREDICTIONS_FILE,
     differences,
     folder_problem,
+    write_json,
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """What defines an evaluation: a rerun into the same folder must have the same settings.
-    (The selection, ``limit`` and ``random_subset``, may change: predictions are kept by id.)"""
-
-    model: str
-    adapter: str | None
-    task: str
-    task_options: dict[str, Any]
-    split: str
-    scoring: str
-    num_fewshot: int
-    seed: int
-    max_new_tokens: int | None
-    dtype: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 @contextlib.contextmanager
@@ -99,8 +78,9 @@ def _say_who_holds(descriptor: int) -> None:
     )
 
 
-def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> None:
-    """Create the folder, or check that it holds this evaluation (to resume it)."""
+def prepare_out_dir(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Create the folder, or check that it holds this evaluation (``identity``: what
+    eval_config.json holds) to resume it."""
     settings_file = out_dir / EVAL_SETTINGS_FILE
     if overwrite:
         for name in (EVAL_SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE):
@@ -112,7 +92,7 @@ def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> N
             previous = json.loads(settings_file.read_text())
         except ValueError as error:
             raise EvalError(f"{settings_file}: not valid JSON ({error})") from None
-        changed = differences(previous, settings.to_dict())
+        changed = differences(previous, identity)
         if changed:
             details = "; ".join(changed)
             raise EvalError(
@@ -126,7 +106,7 @@ def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> N
             "write it; choose another output folder"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+    write_json(settings_file, identity)
 
 
 RECORD_FIELDS: dict[str, type] = {
