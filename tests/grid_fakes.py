@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from seglm.config import TrainConfig, write_config
+from seglm.config import EvalConfig, TrainConfig, write_config
 
 EXAMPLES = 40
 COMPONENTS = ("ce", "focal", "sadl", "gdice", "lovasz", "dft")
@@ -49,6 +49,7 @@ class FakeRuns:
         self.roscoe = roscoe
         self.trained: list[Path] = []
         self.evaluated: list[Path] = []
+        self.configs: list[EvalConfig] = []  # how each was evaluated
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeRuns:
         monkeypatch.setattr("seglm.train.train", self.train)
@@ -74,14 +75,18 @@ class FakeRuns:
             events.append({"step": step, "epoch": step / 5, "loss": total, **terms})
         text = "".join(json.dumps(event) + "\n" for event in events)
         (folder / "log.jsonl").write_text(text)
+        (folder / "adapter_model.safetensors").write_bytes(b"")  # the weights at the root
         report = {"global_step": 5, "wall_time_s": 1.5}
         (folder / "train_report.json").write_text(json.dumps(report))
 
-    def evaluate(self, model_ref: Any, task: str | None, split: str, out_dir: Any, **options: Any):
+    def evaluate(
+        self, model_ref: Any, *, out_dir: Any, config: EvalConfig, progress: bool = True
+    ) -> None:
         folder = Path(out_dir)
         arm, seed = arm_of(folder)
         self.evaluated.append(folder)
-        limit = options.get("limit") or self.examples
+        self.configs.append(config)
+        limit = config.limit or self.examples
         scores = example_scores(self.rates.get(arm, 0.3), arm, seed, limit)
         records = []
         for index, right in enumerate(scores):
@@ -102,7 +107,7 @@ class FakeRuns:
         folder.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(record) + "\n" for record in records)
         (folder / "predictions.jsonl").write_text(text)
-        settings = {"task": task or "arith", "split": split, "dtype": options.get("dtype")}
+        settings = {"task": config.task, "split": config.split, "dtype": config.dtype}
         (folder / "eval_config.json").write_text(json.dumps(settings))
         means = {name: float(np.mean([r["metrics"][name] for r in records])) for name in metrics}
         summary = {"n": len(records), "metrics": means, "throughput": {"seconds": 0.5}}

@@ -146,8 +146,20 @@ def test_settings_from_the_grid_file_and_flags(tiny_model: Path, tmp_path: Path)
         (["--launcher", "slurm"], "launcher must be one of none, submitit"),
         (["--slurm", "partition=gpu"], "--slurm settings need --launcher submitit"),
         (["--launcher", "submitit", "--shard", "0/2"], "--shard and --launcher submitit"),
-        (["--launcher", "submitit", "--slurm", "gpus_per_task=-1"], "gpus_per_task must be"),
-        (["--launcher", "submitit", "--slurm", "cluster=pbs"], "cluster must be one of"),
+        (
+            ["--launcher", "submitit", "--slurm", "gpus_per_task=-1"],
+            "slurm: key 'gpus_per_task' must be >= 0, got -1",
+        ),
+        (
+            ["--launcher", "submitit", "--slurm", "cluster=pbs"],
+            "cluster='pbs' is not one of 'auto', 'slurm', 'local', 'debug'",
+        ),
+        (
+            ["--launcher", "submitit", "--slurm", "mem_gb=lots"],
+            "slurm: key 'mem_gb' expects a number, got 'lots'",
+        ),
+        (["--launcher", "submitit", "--slurm", "retries=true"], "key 'retries' expects an integer"),
+        (["--launcher", "submitit", "--workers", "2"], "--workers and --launcher submitit exclude"),
         (["--launcher", "submitit", "--slurm", "partition"], "--slurm expects key=value"),
     ],
 )
@@ -220,7 +232,7 @@ def test_the_slurm_array_that_the_settings_give(
 ) -> None:
     # No Slurm here: a stand-in sbatch records the batch file that submitit hands it.
     from seglm.cluster import CellJob, _executor
-    from seglm.experiments import Grid
+    from seglm.experiments import Grid, plan_cells
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -237,7 +249,7 @@ def test_the_slurm_array_that_the_settings_give(
     grid = Grid(tasks=["arith"], models=[str(tiny_model)], losses=["ce", "lovasz", "focal"])
     executor = _executor(settings, tmp_path / "runs")
     with executor.batch():
-        jobs = [executor.submit(CellJob(grid, cell, tmp_path / "runs")) for cell in grid.cells()]
+        jobs = [executor.submit(CellJob(plan)) for plan in plan_cells(grid, tmp_path / "runs")]
     assert [job.job_id for job in jobs] == ["4242_0", "4242_1", "4242_2"]
     batch = (tmp_path / "batch.sh").read_text()
     for line in (

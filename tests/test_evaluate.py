@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from seglm import evaluate as ev
-from seglm.config import TrainConfig, write_config
+from seglm.config import ConfigError, EvalConfig, TrainConfig, load_run_config, write_config
 from seglm.evaluate import EvalError, LoadedModel, evaluate
 from seglm.metrics import PredictionsFileError
 from seglm.models import load_tokenizer, tiny_llama
@@ -168,6 +168,22 @@ def test_metrics_json(loaded: LoadedModel, tmp_path: Path) -> None:
     assert sum(summary["finish"].values()) == 5
     assert summary["throughput"]["examples"] == 5
     assert summary["throughput"]["generated_tokens"] == 30
+
+
+def test_a_config_gives_the_same_evaluation_as_keyword_settings(
+    loaded: LoadedModel, tmp_path: Path
+) -> None:
+    by_keywords = evaluate(loaded, "arith", "test", tmp_path / "a", limit=3, **FAST)
+    config = EvalConfig(task="arith", limit=3, task_options=ARITH, max_new_tokens=6)
+    by_config = evaluate(loaded, out_dir=tmp_path / "b", config=config, progress=False)
+    assert lines(by_config.predictions_path) == lines(by_keywords.predictions_path)
+    identity = json.loads((tmp_path / "a" / "eval_config.json").read_text())
+    assert json.loads((tmp_path / "b" / "eval_config.json").read_text()) == identity
+    # Keyword settings, task and split go over the config's.
+    over = evaluate(loaded, None, "validation", tmp_path / "c", config=config, limit=1,
+                    progress=False)  # fmt: skip
+    summary = json.loads(over.metrics_path.read_text())
+    assert (summary["split"], summary["limit"], summary["task"]) == ("validation", 1, "arith")
 
 
 # -- resuming ----------------------------------------------------------------------------------
@@ -524,6 +540,24 @@ def test_run_folder_with_lora_adapter(tiny_dir: Path, tokenizer: Any, tmp_path: 
     assert json.loads(from_checkpoint.metrics_path.read_text())["task_options"]["test_size"] == 6
 
 
+def test_a_run_source_with_its_config_needs_no_config_yaml(
+    tiny_dir: Path, tokenizer: Any, tmp_path: Path
+) -> None:
+    # What a grid's runner does: it hands evaluation the run's config, as it trained it.
+    run = make_run_folder(tmp_path / "run", tiny_dir, tokenizer)
+    expected = evaluate(
+        run, None, "test", tmp_path / "a", max_new_tokens=6, limit=2, progress=False
+    )
+    config = load_run_config(run)
+    (run / "config.yaml").unlink()
+    source = ev.run_source(run, config)
+    settings = EvalConfig(task="arith", task_options=config.task_options, max_new_tokens=6, limit=2)
+    result = evaluate(source, out_dir=tmp_path / "b", config=settings, progress=False)
+    assert lines(result.predictions_path) == lines(expected.predictions_path)
+    identity = json.loads((tmp_path / "a" / "eval_config.json").read_text())
+    assert json.loads((tmp_path / "b" / "eval_config.json").read_text()) == identity
+
+
 def test_run_folder_without_weights(tiny_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
     run = make_run_folder(tmp_path / "run", tiny_dir, tokenizer, weights=False)
     (run / "checkpoint-2").mkdir()
@@ -557,12 +591,16 @@ def test_unknown_task_and_bad_arguments(loaded: LoadedModel, tmp_path: Path) -> 
         evaluate(loaded, "arith", "tset", tmp_path, progress=False)
     with pytest.raises(EvalError, match="no task given"):
         evaluate(loaded, None, "test", tmp_path, progress=False)
-    with pytest.raises(EvalError, match=r"scoring=.sample. is not one of"):
+    with pytest.raises(ConfigError, match=r"scoring='sample' is not one of .*'loglik'"):
         evaluate(loaded, "arith", "test", tmp_path, scoring="sample", progress=False)
     with pytest.raises(EvalError, match="adapter goes with a model name"):
         evaluate(loaded, "arith", "test", tmp_path, adapter=tmp_path, progress=False)
-    with pytest.raises(EvalError, match="limit must be >= 1"):
+    with pytest.raises(ConfigError, match="field 'limit' must be >= 1, got 0"):
         evaluate(loaded, "arith", "test", tmp_path, limit=0, progress=False)
+    with pytest.raises(ConfigError, match="random_subset draws limit examples: give a limit"):
+        evaluate(loaded, "arith", "test", tmp_path, random_subset=True, progress=False)
+    with pytest.raises(ConfigError, match="evaluate: unknown key 'limt'; did you mean 'limit'"):
+        evaluate(loaded, "arith", "test", tmp_path, limt=3, progress=False)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(ValueError, match=r"empty\.jsonl: holds no records"):

@@ -20,7 +20,7 @@ from train._helpers import one_torch_thread, save_tiny_model
 
 from seglm.experiments import (
     Cell,
-    EvalSpec,
+    EvalConfig,
     Grid,
     GridError,
     cell_config,
@@ -58,7 +58,7 @@ def tiny_grid(model: Path, **changes: Any) -> Grid:
             "eval_split": "none",
             "logging_steps": 1,
         },
-        "eval": EvalSpec(split="test", limit=3, max_new_tokens=4),
+        "eval": EvalConfig(split="test", limit=3, max_new_tokens=4),
         **changes,
     }
     return Grid(**values)
@@ -207,7 +207,7 @@ def test_incompatible_grid_is_refused_naming_the_keys(
     fakes = FakeRuns().install(monkeypatch)
     root = tmp_path / "runs"
     run_grid(tiny_grid(tiny_model, seeds=[0]), root, progress=False)
-    changed = tiny_grid(tiny_model, seeds=[0], eval=EvalSpec(split="test", limit=5))
+    changed = tiny_grid(tiny_model, seeds=[0], eval=EvalConfig(split="test", limit=5))
     changed.train["learning_rate"] = 0.5
     with pytest.raises(GridError) as error:
         run_grid(changed, root, progress=False)
@@ -217,7 +217,9 @@ def test_incompatible_grid_is_refused_naming_the_keys(
     assert len(fakes.trained) == 2
     # Only the evaluation batch size may change (it changes speed, not results).
     faster = tiny_grid(
-        tiny_model, seeds=[0], eval=EvalSpec(split="test", limit=3, max_new_tokens=4, batch_size=2)
+        tiny_model,
+        seeds=[0],
+        eval=EvalConfig(split="test", limit=3, max_new_tokens=4, batch_size=2),
     )
     assert [o.status for o in run_grid(faster, root, progress=False).outcomes] == ["skipped"] * 2
 
@@ -265,7 +267,7 @@ def test_bad_grids_are_refused(tiny_model: Path, changes: dict[str, Any], messag
         ({"models": ["/no/such/model"]}, "'/no/such/model' does not exist"),
         ({"models": ["org/no-such-model"]}, "model 'org/no-such-model' cannot be loaded"),
         ({"tasks": ["arithmetic"]}, "unknown task 'arithmetic'"),
-        ({"eval": EvalSpec(split="dev")}, "has no split 'dev'"),
+        ({"eval": EvalConfig(split="dev")}, "has no split 'dev'"),
         ({"train": {"dtype": "fp16"}}, "fp16"),
     ],
 )
@@ -354,7 +356,7 @@ def test_grid_file_and_its_errors(tmp_path: Path) -> None:
     )
     grid = load_grid(path)
     assert grid.tasks == ["arith"] and grid.seeds == [0, 1] and grid.lambdas == [0.6, 0.8]
-    assert grid.train == {"max_steps": 50} and grid.eval == EvalSpec(limit=100, dtype="bf16")
+    assert grid.train == {"max_steps": 50} and grid.eval == EvalConfig(limit=100, dtype="bf16")
     path.write_text("task: arith\nmodel: m\nlosses: [ce]\nseed: 3\n")
     with pytest.raises(GridError, match=f"{path}: unknown key 'seed'"):
         load_grid(path)

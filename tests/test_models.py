@@ -37,9 +37,51 @@ def test_auto_on_cpu_follows_native_bf16(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
     assert resolve_dtype("auto") == expected
-    assert parse_dtype("AUTO") is models.DTYPES[expected]
+    assert parse_dtype("AUTO") is models.TORCH_DTYPES[expected]
 
 
 def test_unknown_dtype_names_the_choices() -> None:
     with pytest.raises(ValueError, match="fp32, bf16, fp16 or auto"):
         parse_dtype("int8")
+
+
+def test_one_process_converts_the_offline_model_while_the_others_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from filelock import FileLock
+
+    monkeypatch.setenv("SEGLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_gguf_file", lambda alias: tmp_path / "model.gguf")
+    converted: list[Path] = []
+
+    def convert(gguf: Path, target: Path) -> None:
+        converted.append(target)
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    target = tmp_path / "models" / "smollm2-135m-instruct"
+    target.parent.mkdir(parents=True)
+    # Another process is converting: this one waits for its lock, then finds the folder made.
+    other = FileLock(target.parent / ".smollm2-135m-instruct.lock")
+    other.acquire()
+    found: list[str] = []
+    waiter = threading.Thread(
+        target=lambda: found.append(models.resolve_model_path("smollm2-135m-instruct"))
+    )
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not found  # held up by the lock
+    convert(tmp_path / "model.gguf", target)
+    converted.clear()
+    other.release()
+    waiter.join(timeout=30)
+    assert found == [str(target)] and converted == []  # not converted a second time
+    # Nobody converting and no folder yet: this process converts, once.
+    for child in target.iterdir():
+        child.unlink()
+    target.rmdir()
+    assert models.resolve_model_path("SmolLM2-135M-Instruct") == str(target)
+    assert converted == [target]

@@ -15,7 +15,7 @@ from matplotlib.image import imread
 from scipy.stats import binomtest
 from train._helpers import save_tiny_model
 
-from seglm.experiments import EvalSpec, Grid, GridError, run_grid
+from seglm.experiments import EvalConfig, Grid, GridError, run_grid
 from seglm.grid_roscoe import score_roscoe
 from seglm.report import build_report
 from seglm.runs import ROSCOE_FILE
@@ -42,7 +42,7 @@ def make_runs(
         "lambdas": [0.6, 0.8],
         "seeds": [0, 1, 2],
         "base": True,
-        "eval": EvalSpec(limit=EXAMPLES),
+        "eval": EvalConfig(limit=EXAMPLES),
         **changes,
     }
     run_grid(Grid(**values), root, progress=False)

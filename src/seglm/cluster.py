@@ -37,34 +37,34 @@ from typing import Any
 from seglm.experiments import (
     Cell,
     CellOutcome,
+    CellPlan,
     Grid,
     GridError,
     GridRun,
     check_grid,
+    grid_cells,
+    plan_cells,
     prepare_root,
+    record_failure,
     run_cell,
+    unfinished,
     write_summary,
 )
-from seglm.runs import CELL_ERROR_FILE
+from seglm.schema import (
+    ConfigError,
+    Count,
+    Mapping,
+    NonNegativeInteger,
+    Positive,
+    Text,
+    check_fields,
+    choice,
+    optional,
+)
 
 LAUNCHERS = ("none", "submitit")
 CLUSTERS = ("auto", "slurm", "local", "debug")
 SUBMITIT_FOLDER = "submitit"
-# Keys of SlurmSettings; any other key is a submitit Slurm parameter (slurm_<key>).
-SETTING_KEYS = (
-    "cluster",
-    "partition",
-    "gpus_per_task",
-    "processes",
-    "cpus_per_process",
-    "mem_gb",
-    "timeout_min",
-    "array_parallelism",
-    "retries",
-    "max_requeues",
-    "folder",
-    "poll_s",
-)
 
 
 @dataclass(frozen=True)
@@ -76,54 +76,34 @@ class SlurmSettings:
     the job, ``additional_parameters``: a mapping of other sbatch options); submitit refuses
     names it does not know."""
 
-    cluster: str = "auto"  # auto: Slurm where sbatch is on the PATH, else this machine
-    partition: str | None = None
-    gpus_per_task: int | None = None  # GPUs of one cell (default: 1 on Slurm, locally 1 if any)
-    processes: int | None = None  # processes of one cell (default: one per GPU, at least one)
-    cpus_per_process: int | None = None
-    mem_gb: float | None = None  # memory of one cell's job
-    timeout_min: int = 240  # the job's time limit; requeued near it
-    array_parallelism: int | None = None  # cells running at once (default: Slurm's 256)
-    retries: int = 1  # submissions again of a cell whose job died
-    max_requeues: int = 3  # requeues at the time limit (preemptions do not count)
-    folder: str | None = None  # submitit's logs and pickles (default: RUNS/submitit)
-    poll_s: float | None = None  # how often to look at the jobs (default: 30 s, 1 s locally)
-    extra: dict[str, Any] = field(default_factory=dict)
+    cluster: choice(CLUSTERS) = "auto"  # auto: Slurm where sbatch is on the PATH, else here
+    partition: optional(Text) = None
+    # GPUs of one cell (default: 1 on Slurm, locally 1 if any)
+    gpus_per_task: optional(NonNegativeInteger) = None
+    processes: optional(Count) = None  # processes of one cell (default: one per GPU, at least one)
+    cpus_per_process: optional(Count) = None
+    mem_gb: optional(Positive) = None  # memory of one cell's job
+    timeout_min: Count = 240  # the job's time limit; requeued near it
+    array_parallelism: optional(Count) = None  # cells running at once (default: Slurm's 256)
+    retries: NonNegativeInteger = 1  # submissions again of a cell whose job died
+    max_requeues: NonNegativeInteger = 3  # requeues at the time limit (preemptions do not count)
+    folder: optional(Text) = None  # submitit's logs and pickles (default: RUNS/submitit)
+    poll_s: optional(Positive) = None  # how often to look at the jobs (default: 30 s, 1 s here)
+    extra: Mapping = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.cluster not in CLUSTERS:
-            raise GridError(
-                f"slurm: cluster must be one of {', '.join(CLUSTERS)}, got {self.cluster!r}"
-            )
-        for name, minimum in (
-            ("gpus_per_task", 0),
-            ("processes", 1),
-            ("cpus_per_process", 1),
-            ("timeout_min", 1),
-            ("array_parallelism", 1),
-            ("retries", 0),
-            ("max_requeues", 0),
-        ):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise GridError(f"slurm: {name} must be an integer >= {minimum}, got {value!r}")
-        for name in ("mem_gb", "poll_s"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
-            ):
-                raise GridError(f"slurm: {name} must be a number > 0, got {value!r}")
-        for name in ("partition", "folder"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise GridError(f"slurm: {name} must be text, got {value!r}")
+        try:
+            check_fields(self, noun="key")
+        except ConfigError as error:
+            raise GridError(f"slurm: {error}") from None
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> SlurmSettings:
+        """Settings from the grid file's ``slurm:`` mapping; a key that is not a field is a
+        submitit Slurm parameter (``extra``)."""
         known = {key.replace("-", "_"): value for key, value in values.items()}
-        extra = {key: known.pop(key) for key in list(known) if key not in SETTING_KEYS}
+        names = {item.name for item in dataclasses.fields(cls)} - {"extra"}
+        extra = {key: known.pop(key) for key in list(known) if key not in names}
         return cls(**known, extra=extra)
 
     @property
@@ -179,16 +159,13 @@ class SlurmSettings:
 def parse_settings(values: dict[str, Any] | None, items: list[str]) -> SlurmSettings:
     """The grid file's ``slurm:`` mapping, then ``--slurm KEY=VALUE`` items (values read as
     YAML)."""
-    from seglm.schema import ConfigError, read_items
+    from seglm.schema import read_items
 
     try:
         merged = {**(values or {}), **read_items(list(items), "--slurm")}
     except ConfigError as error:
         raise GridError(str(error)) from None
-    try:
-        return SlurmSettings.from_mapping(merged)
-    except TypeError as error:  # a value of the wrong kind for a dataclass field
-        raise GridError(f"slurm: {error}") from None
+    return SlurmSettings.from_mapping(merged)
 
 
 class CellJob:
@@ -197,8 +174,8 @@ class CellJob:
     Under several processes, each sets up ``torch.distributed`` from submitit's job environment
     and the Trainer trains with DDP; every process returns the cell's outcome."""
 
-    def __init__(self, grid: Grid, cell: Cell, root: Path) -> None:
-        self.grid, self.cell, self.root = grid, cell, root
+    def __init__(self, plan: CellPlan) -> None:
+        self.plan = plan
 
     def __call__(self) -> CellOutcome:
         import submitit
@@ -206,14 +183,14 @@ class CellJob:
         environment = submitit.JobEnvironment()
         if environment.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return run_cell(self.grid, self.cell, self.root, progress=False)
+        return run_cell(self.plan, progress=False)
 
     def checkpoint(self) -> Any:
         """submitit calls this on preemption or near the time limit: requeue the same job. The
         cell's own files are its checkpoint (the Trainer's checkpoints, predictions.jsonl)."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(CellJob(self.grid, self.cell, self.root))
+        return submitit.helpers.DelayedSubmission(CellJob(self.plan))
 
 
 def check_settings(settings: SlurmSettings) -> None:
@@ -222,7 +199,7 @@ def check_settings(settings: SlurmSettings) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        _executor(dataclasses.replace(settings, folder=folder), Path(folder))
+        _auto_executor(settings, folder, "seglm-check")
 
 
 def _import_submitit() -> Any:
@@ -237,17 +214,33 @@ def _import_submitit() -> Any:
 
 
 def _executor(settings: SlurmSettings, root: Path) -> Any:
+    """The executor that runs the cells of the runs folder ``root``: on this machine submitit's
+    local executor itself (its ``visible_gpus`` gives each cell its slot of GPUs), else the
+    AutoExecutor of the settings' cluster."""
     submitit = _import_submitit()
-    folder = Path(settings.folder) if settings.folder else root / SUBMITIT_FOLDER
-    cluster = None if settings.cluster == "auto" else settings.cluster
+    folder = str((Path(settings.folder) if settings.folder else root / SUBMITIT_FOLDER) / "%j")
+    if settings.cluster != "local":
+        return _auto_executor(settings, folder, f"seglm-{root.name}")
+    executor = submitit.LocalExecutor(folder=folder, max_num_timeout=settings.max_requeues)
+    executor.update_parameters(
+        timeout_min=settings.timeout_min,
+        nodes=1,
+        tasks_per_node=settings.tasks,
+        gpus_per_node=settings.gpus,
+    )
+    return executor
+
+
+def _auto_executor(settings: SlurmSettings, folder: str, name: str) -> Any:
+    submitit = _import_submitit()
     try:
         executor = submitit.AutoExecutor(
-            folder=str(folder / "%j"),
-            cluster=cluster,
+            folder=folder,
+            cluster=None if settings.cluster == "auto" else settings.cluster,
             slurm_max_num_timeout=settings.max_requeues,
             local_max_num_timeout=settings.max_requeues,
         )
-        executor.update_parameters(name=f"seglm-{root.name}", **settings.submitit_parameters())
+        executor.update_parameters(name=name, **settings.submitit_parameters())
     except (NameError, ValueError, AssertionError, RuntimeError) as error:
         raise GridError(f"slurm: submitit refused the settings: {error}") from None
     return executor
@@ -309,89 +302,100 @@ def run_grid_submitit(
     _import_submitit()
     settings = settings.resolved()
     check_settings(settings)
-    check_grid(grid, root)
-    prepare_root(grid, root)
-    executor = _executor(settings, root)
-    cluster = executor.cluster
-    cells = grid.cells()
-    outcomes: list[CellOutcome] = []
-    waiting: deque[Cell] = deque()
-    for cell in cells:
-        if (root / cell.relative_dir / "metrics.json").is_file():
-            outcomes.append(CellOutcome(cell, "skipped", 0.0))
-        else:
-            waiting.append(cell)
+    plans = plan_cells(grid, root)
+    check_grid(grid, plans)
+    grid_file = prepare_root(grid, root)
+    cells = grid_cells(grid_file)
+    todo = set(unfinished(root, [plan.cell for plan in plans]))
+    outcomes = [CellOutcome(plan.cell, "skipped", 0.0) for plan in plans if plan.cell not in todo]
+    jobs = Jobs(_executor(settings, root), settings)
+    waiting = deque(plan for plan in plans if plan.cell in todo)
     total = len(waiting)
-    on_submit(cluster, total)
-    slots = _gpu_slots(settings, cluster)
-    free = list(slots)
-    running: dict[Any, tuple[Cell, tuple[int, ...] | None, float]] = {}
-    attempts: dict[Cell, int] = {}
-    poll_s = settings.poll_s or (30.0 if cluster == "slurm" else 1.0)
-
-    def submit(batch: list[Cell]) -> None:
-        if not batch:
-            return
-        jobs = []
-        with executor.batch():  # one job array on Slurm
-            for cell in batch:
-                jobs.append(executor.submit(CellJob(grid, cell, root)))
-        for cell, job in zip(batch, jobs, strict=True):
-            attempts[cell] = attempts.get(cell, 0) + 1
-            running[job] = (cell, None, time.perf_counter())
-
-    def submit_on(cell: Cell, slot: tuple[int, ...]) -> None:
-        if cluster == "local" and slot:
-            # The local executor's own parameter; AutoExecutor does not pass it through.
-            executor._executor.update_parameters(visible_gpus=slot)
-        attempts[cell] = attempts.get(cell, 0) + 1
-        running[executor.submit(CellJob(grid, cell, root))] = (cell, slot, time.perf_counter())
-
-    if not slots:  # Slurm: the whole array at once
-        submit([waiting.popleft() for _ in range(len(waiting))])
+    on_submit(settings.cluster, total)
+    if not jobs.slots:  # Slurm: the whole array at once
+        jobs.submit_array([waiting.popleft() for _ in range(len(waiting))])
     position = 0
-    while waiting or running:
-        while waiting and free:
-            submit_on(waiting.popleft(), free.pop(0))
-        finished = [job for job in list(running) if job.done()]
-        if cluster != "slurm":
-            # A job on this machine writes its result before it ends: do not wait the 15 s that
-            # submitit gives a shared file system to show a dead job's missing result.
-            for job in finished:
-                job._results_timeout_s = 0
-        for job in finished:
-            cell, slot, since = running.pop(job)
-            if slot is not None:
-                free.append(slot)
-            try:
-                outcome = job.results()[0]
-            except Exception as error:  # the job ended without a result: it died
-                if attempts[cell] <= settings.retries:
-                    if slots:
-                        waiting.appendleft(cell)
-                    else:
-                        submit([cell])
-                    continue
-                outcome = _record_death(root, cell, job, error, attempts[cell], since)
+    while waiting or jobs.running:
+        while waiting and jobs.free:
+            jobs.submit_on_slot(waiting.popleft())
+        ended = jobs.ended()
+        for job in ended:
+            plan, since = jobs.release(job)
+            outcome, problem = _outcome(job, settings.cluster)
+            if outcome is None and jobs.attempts[plan.cell] <= settings.retries:
+                if jobs.slots:
+                    waiting.appendleft(plan)
+                else:
+                    jobs.submit_array([plan])
+                continue
+            if outcome is None:
+                outcome = _record_death(plan, job, problem, jobs.attempts[plan.cell], since)
             outcomes.append(outcome)
             position += 1
-            write_summary(root)
+            write_summary(root, grid_file, cells)
             on_cell(position, total, outcome)
-        if running and not finished:
-            time.sleep(poll_s)
-    rows = write_summary(root)
+        if jobs.running and not ended:
+            time.sleep(settings.poll_s or (30.0 if settings.cluster == "slurm" else 1.0))
+    rows = write_summary(root, grid_file, cells)
     return GridRun(root, outcomes, rows, time.perf_counter() - started)
 
 
+class Jobs:
+    """The cells' jobs: submitted as one array (Slurm), or one at a time on a free slot of this
+    machine's GPUs; how often each cell was submitted."""
+
+    def __init__(self, executor: Any, settings: SlurmSettings) -> None:
+        self.executor = executor
+        self.slots = _gpu_slots(settings, settings.cluster)
+        self.free = list(self.slots)
+        self.running: dict[Any, tuple[CellPlan, tuple[int, ...] | None, float]] = {}
+        self.attempts: dict[Cell, int] = {}
+
+    def submit_array(self, plans: list[CellPlan]) -> None:
+        with self.executor.batch():  # one job array on Slurm
+            jobs = [self.executor.submit(CellJob(plan)) for plan in plans]
+        for plan, job in zip(plans, jobs, strict=True):
+            self._started(job, plan, None)
+
+    def submit_on_slot(self, plan: CellPlan) -> None:
+        slot = self.free.pop(0)
+        if slot:
+            self.executor.update_parameters(visible_gpus=slot)  # the local executor's own
+        self._started(self.executor.submit(CellJob(plan)), plan, slot)
+
+    def _started(self, job: Any, plan: CellPlan, slot: tuple[int, ...] | None) -> None:
+        self.attempts[plan.cell] = self.attempts.get(plan.cell, 0) + 1
+        self.running[job] = (plan, slot, time.perf_counter())
+
+    def ended(self) -> list[Any]:
+        return [job for job in list(self.running) if job.done()]
+
+    def release(self, job: Any) -> tuple[CellPlan, float]:
+        """An ended job's cell and when it was submitted; its slot is free again."""
+        plan, slot, since = self.running.pop(job)
+        if slot is not None:
+            self.free.append(slot)
+        return plan, since
+
+
+def _outcome(job: Any, cluster: str) -> tuple[CellOutcome | None, str]:
+    """An ended job's outcome, or None and what is known of how it died. A job on this machine
+    writes its result before its process ends, so a missing result means it died; on Slurm
+    submitit waits a little for a shared file system to show the result."""
+    if cluster == "local" and not job.paths.result_pickle.exists():
+        return None, f"job {job.job_id} ended without a result\n{job.stderr() or ''}".strip()
+    try:
+        return job.results()[0], ""
+    except Exception as error:  # the job ended without a result: it died
+        return None, str(error)
+
+
 def _record_death(
-    root: Path, cell: Cell, job: Any, error: BaseException, attempts: int, since: float
+    plan: CellPlan, job: Any, problem: str, attempts: int, since: float
 ) -> CellOutcome:
     """The cell's error.txt: how its last job died, and where its logs are."""
-    folder = root / cell.relative_dir
-    folder.mkdir(parents=True, exist_ok=True)
     paths = job.paths
     summary = f"job died {attempts} time(s) (submitit job {job.job_id}, state {job.state})"
     # The summary row shows the last line.
-    text = f"{error}\n\nlogs: {paths.stdout} and {paths.stderr}\n{summary}\n"
-    (folder / CELL_ERROR_FILE).write_text(text)
-    return CellOutcome(cell, "failed", time.perf_counter() - since, summary)
+    text = f"{problem}\n\nlogs: {paths.stdout} and {paths.stderr}\n{summary}\n"
+    return record_failure(plan.cell, plan.folder, text, since)

@@ -1,9 +1,12 @@
-"""``TrainConfig``: one dataclass shared by YAML files, packaged presets and CLI flags.
+"""The settings of seglm's two entry points, each one dataclass that YAML files, grid files,
+CLI flags and keyword arguments share: :class:`TrainConfig` (``seglm train``, a grid's ``train:``)
+and :class:`EvalConfig` (``seglm eval``, a grid's ``eval:``). Each field's type comes from
+:mod:`seglm.schema`, which checks it; the CLI builds each command's flags from the fields.
 
-Precedence, lowest first: the dataclass defaults, a preset (``preset: paper-gsm8k``, a YAML file
-packaged in ``seglm/configs``), the user's YAML file, then command-line flags. Unknown keys are
-errors with a "did you mean" suggestion. This module is cheap to import (no torch, no
-transformers): the CLI builds its flags from it at start-up.
+A training config's precedence, lowest first: the dataclass defaults, a preset
+(``preset: paper-gsm8k``, a YAML file packaged in ``seglm/configs``), the user's YAML file, then
+command-line flags. Unknown keys are errors with a "did you mean" suggestion. This module is cheap
+to import (no torch, no transformers): the CLI builds its flags from it at start-up.
 """
 
 import copy
@@ -11,8 +14,8 @@ import dataclasses
 import difflib
 import importlib.resources
 import importlib.util
+import json
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +25,9 @@ from pydantic import PlainValidator
 
 from seglm.losses.registry import LossTerm, Option, option_fields
 from seglm.losses.spec import CE_SCOPES, GROUPS, LossSpec, option_type
-from seglm.runs import RUN_CONFIG_FILE
+from seglm.metrics.exact_match import ANSWER_MATCHES
+from seglm.metrics.roscoe_names import FAMILIES as ROSCOE_FAMILIES
+from seglm.runs import RUN_CONFIG_FILE, write_atomically
 from seglm.schema import (
     ConfigError,
     Count,
@@ -35,6 +40,7 @@ from seglm.schema import (
     Text,
     TextList,
     check_fields,
+    check_keys,
     choice,
     choices,
     field_adapters,
@@ -53,6 +59,8 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
     {"overwrite", "resume", "output_dir", "report_to", "fused_loss"}
 )
 AUTO = "auto"
+SCORINGS: tuple[str, ...] = ("generate", "loglik", "both")
+LM_EVAL_FEWSHOT_SEED = 1234  # lm-evaluation-harness's default few-shot seed
 
 
 def _loss_spec(value: Any) -> LossSpec:
@@ -66,8 +74,9 @@ def _loss_spec(value: Any) -> LossSpec:
 LossSpecText = Annotated[LossSpec, PlainValidator(_loss_spec)]
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _help(text: str, *flags: str) -> dict[str, Any]:
+    """A field's help text and, where they are not ``--field-name``, its command-line flags."""
+    return {"help": text, "flags": flags} if flags else {"help": text}
 
 
 @dataclass
@@ -160,6 +169,13 @@ class _TrainSettings:
     gradient_checkpointing: bool = field(
         default=False, metadata=_help("recompute activations in backward")
     )
+    trainer_args: Options = field(
+        default_factory=dict,
+        metadata=_help(
+            "any other transformers TrainingArguments field, key=value (repeatable), e.g. "
+            "dataloader_num_workers=2"
+        ),
+    )
     # evaluation, checkpoints, logs
     eval_steps: optional(Count) = field(
         default=None, metadata=_help("validation loss every N steps (default: each epoch)")
@@ -215,18 +231,21 @@ class _TrainSettings:
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the run (what a resumed run must share with the first). The
-        options of losses the spec does not use are left out while at their defaults, so that a
-        new loss (new option fields) leaves the identity of earlier runs unchanged."""
+        options of losses the spec does not use, and an empty ``trainer_args``, are left out, so
+        that fields added since (a new loss's options) leave the identity of earlier runs, and
+        of the grids that hold them, unchanged."""
         used = {term.name for term in self.loss.losses}
+        unused = {
+            key
+            for key, (term, _, option) in LOSS_OPTION_FIELDS.items()
+            if term.name not in used and getattr(self, key) == option.default
+        }
+        if not self.trainer_args:
+            unused.add("trainer_args")
         return {
             key: value
             for key, value in self.to_dict().items()
-            if key not in RUNTIME_FIELDS
-            and not (
-                key in LOSS_OPTION_FIELDS
-                and LOSS_OPTION_FIELDS[key][0].name not in used
-                and value == LOSS_OPTION_FIELDS[key][2].default
-            )
+            if key not in RUNTIME_FIELDS and key not in unused
         }
 
 
@@ -260,19 +279,6 @@ TrainConfig = dataclasses.make_dataclass(
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# The plain type of each field (the CLI's flags build on it; seglm.schema checks the rest).
-FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
-
-
-def check_keys(keys: typing.Iterable[str], where: str, lines: dict[str, int] | None = None) -> None:
-    """Unknown keys are errors; a typo gets the closest field name."""
-    for key in keys:
-        if key in FIELDS:
-            continue
-        close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        line = f", line {lines[key]}" if lines and key in lines else ""
-        raise ConfigError(f"{where}{line}: unknown key {key!r}{hint}")
 
 
 def coerce(name: str, value: Any, where: str = "config") -> Any:
@@ -303,7 +309,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(values, dict) or not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
     lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
-    check_keys(values, str(path), lines)
+    check_keys(values, FIELDS, str(path), lines)
     return {key: coerce(key, value, f"{path}, line {lines[key]}") for key, value in values.items()}
 
 
@@ -329,7 +335,7 @@ def resolve_config(
 ) -> TrainConfig:
     """Defaults < preset < YAML file < overrides (command-line flags or keyword arguments)."""
     overrides = dict(overrides or {})
-    check_keys(overrides, "overrides")
+    check_keys(overrides, FIELDS, "overrides")
     overrides = {key: coerce(key, value, "overrides") for key, value in overrides.items()}
     from_file = read_yaml(Path(path)) if path is not None else {}
     preset = overrides.get("preset", from_file.get("preset"))
@@ -347,8 +353,132 @@ def load_run_config(run_dir: Path) -> TrainConfig:
 
 
 def write_config(config: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """A run's config.yaml; its presence marks the folder as a run, so never half written."""
+    write_atomically(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def missing_reporters(config: TrainConfig) -> list[str]:
     return [n for n in config.report_to if importlib.util.find_spec(REPORTERS[n]) is None]
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+# What defines an evaluation (eval_config.json, with the model and adapter): a rerun into its
+# folder must have the same. The other fields select the examples (limit, random_subset: the
+# predictions are kept by id), only score (answer_match, roscoe: a rerun scores again), say
+# where things are, or change speed.
+EVAL_IDENTITY: tuple[str, ...] = (
+    "task",
+    "task_options",
+    "split",
+    "scoring",
+    "num_fewshot",
+    "seed",
+    "max_new_tokens",
+    "dtype",
+)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a model is evaluated: ``seglm eval``'s flags, a grid file's ``eval:`` block, the
+    settings of :func:`seglm.evaluate.evaluate`."""
+
+    task: optional(Text) = field(
+        default=None, metadata=_help("task name (default: the run folder's task)", "--task", "-t")
+    )
+    split: Text = field(default="test", metadata=_help("split to evaluate", "--split", "-s"))
+    task_options: Options = field(
+        default_factory=dict,
+        metadata=_help("task option KEY=VALUE (repeatable)", "--option", "-o"),
+    )
+    scoring: choice(SCORINGS) = field(
+        default="generate",
+        metadata=_help(
+            "generate (greedy + answer extraction), loglik (multiple choice: acc, acc_norm) or both"
+        ),
+    )
+    answer_match: choice(ANSWER_MATCHES) = field(
+        default="seglm",
+        metadata=_help(
+            "seglm (numeric comparison) or lm-eval (lm-evaluation-harness's gsm8k filters and "
+            "exact_match settings, for the gsm8k format; docs/metrics.md lists the differences)"
+        ),
+    )
+    limit: optional(Count) = field(
+        default=None, metadata=_help("evaluate N examples only", "--limit", "-n")
+    )
+    random_subset: bool = field(
+        default=False, metadata=_help("draw the --limit examples at random (--seed)")
+    )
+    seed: Integer = field(
+        default=LM_EVAL_FEWSHOT_SEED,
+        metadata=_help("seed of --random-subset and of the few-shot exemplars"),
+    )
+    batch_size: optional(Count) = field(
+        default=None,
+        metadata=_help("sequences per batch (default 32 on CPU, 64 on GPU; halved on OOM)"),
+    )
+    dtype: choice(DTYPES) = field(
+        default="fp32", metadata=_help("weights' dtype: fp32, bf16, fp16 or auto")
+    )
+    max_new_tokens: optional(Count) = field(
+        default=None, metadata=_help("generated tokens at most (default: the task's)")
+    )
+    num_fewshot: NonNegativeInteger = field(
+        default=0, metadata=_help("exemplars from the train split before each prompt")
+    )
+    data_dir: optional(Text) = field(
+        default=None,
+        metadata=_help("folder with the datasets' files (default $SEGLM_DATA_DIR, else hub)"),
+    )
+    adapter: optional(Text) = field(
+        default=None, metadata=_help("PEFT adapter folder to apply to MODEL")
+    )
+    chat_template: bool = field(
+        default=False, metadata=_help("wrap prompts in the tokenizer's chat template")
+    )
+    allow_task_mismatch: bool = field(
+        default=False,
+        metadata=_help("evaluate a run on a task whose answer format differs from its own"),
+    )
+    roscoe: bool = field(
+        default=False, metadata=_help("add ROSCOE reasoning-chain scores (generation only)")
+    )
+    roscoe_families: optional(choices(ROSCOE_FAMILIES)) = field(
+        default=None, metadata=_help("comma-separated ROSCOE families (default: all four)")
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata=_help(
+            "run the custom model code (auto_map) that MODEL's folder or hub repo ships; never "
+            "taken from a run folder's config.yaml"
+        ),
+    )
+    overwrite: bool = field(
+        default=False, metadata=_help("start again in an output folder that holds predictions")
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.random_subset and self.limit is None:
+            raise ConfigError("random_subset draws limit examples: give a limit")
+        if self.roscoe_families is not None and not self.roscoe:
+            raise ConfigError("roscoe_families needs roscoe (--roscoe)")
+
+    def identity(self, model: str, adapter: str | None) -> dict[str, Any]:
+        """What eval_config.json holds for this config once resolved (the task's name, its
+        options and split as the task resolves them, the dtype and generation length used)."""
+        fields = {name: getattr(self, name) for name in EVAL_IDENTITY}
+        return json.loads(json.dumps({"model": model, "adapter": adapter, **fields}))
+
+    def roscoe_config(self) -> Any:
+        """The ROSCOE scorer's settings (seglm.metrics.roscoe.RoscoeConfig), or None."""
+        if not self.roscoe:
+            return None
+        from seglm.metrics.roscoe import RoscoeConfig
+
+        return RoscoeConfig(families=self.roscoe_families or ROSCOE_FAMILIES)
+
+
+EVAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(EvalConfig)}

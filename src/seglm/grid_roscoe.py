@@ -13,7 +13,7 @@ from seglm.experiments import (
     read_grid_file,
 )
 from seglm.report.load import read_cell_predictions
-from seglm.runs import EVAL_SETTINGS_FILE, ROSCOE_FILE, read_json
+from seglm.runs import EVAL_SETTINGS_FILE, ROSCOE_FILE, read_json, write_atomically
 
 EMBEDDING_FAMILIES = ("semantic_alignment", "semantic_similarity")
 
@@ -29,12 +29,13 @@ def score_roscoe(
     from seglm.metrics.roscoe import RoscoeConfig, RoscoeScorer
 
     root = Path(root)
-    cells = finished_cells(root, grid_cells(read_grid_file(root)))
+    grid_file = read_grid_file(root)
+    cells = finished_cells(root, grid_cells(grid_file))
     folders = [root / c.relative_dir for c in cells]
     pending = [folder for folder in folders if not (folder / ROSCOE_FILE).is_file()]
     if not pending:
         return []
-    data_dir = read_grid_file(root).get("train", {}).get("data_dir")
+    data_dir = grid_file.get("train", {}).get("data_dir")
     scorer = RoscoeScorer(RoscoeConfig(families=tuple(families), progress=progress))
     for folder in pending:
         records = read_cell_predictions(folder)
@@ -44,7 +45,8 @@ def score_roscoe(
         lines = [
             json.dumps({"id": r["id"], **s}) + "\n" for r, s in zip(records, scores, strict=True)
         ]
-        (folder / ROSCOE_FILE).write_text("".join(lines))
+        # Its presence marks the cell scored: a kill while writing must not leave half of it.
+        write_atomically(folder / ROSCOE_FILE, "".join(lines))
     return pending
 
 

@@ -7,20 +7,17 @@ converts it once into a safetensors folder under the cache; later loads are inst
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-DTYPES: dict[str, torch.dtype] = {
+TORCH_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "float32": torch.float32,
     "bf16": torch.bfloat16,
@@ -60,17 +57,6 @@ def _gguf_file(alias: GgufAlias) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed package {alias.package}")
     return path
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -132,7 +118,11 @@ def resolve_model_path(name_or_path: str) -> str:
         return name_or_path
     target = cache_dir() / "models" / name_or_path.lower()
     if not (target / "config.json").is_file():
-        with _file_lock(cache_dir() / "models" / f".{name_or_path.lower()}.lock"):
+        from filelock import FileLock
+
+        # One process converts; the others wait for it and find the folder made.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(target.parent / f".{name_or_path.lower()}.lock"):
             if not (target / "config.json").is_file():
                 _convert_gguf(_gguf_file(alias), target)
     return str(target)
@@ -183,7 +173,7 @@ def resolve_dtype(name: str) -> str:
 
 def parse_dtype(name: str) -> torch.dtype:
     try:
-        return DTYPES[resolve_dtype(name).lower()]
+        return TORCH_DTYPES[resolve_dtype(name).lower()]
     except KeyError:
         raise ValueError(
             f"unknown dtype {name!r}; expected one of fp32, bf16, fp16 or auto"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,39 +95,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-class JsonlError(ValueError):
-    """A JSON Lines file with a line that is not a JSON object: names the file and line."""
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Each object of a JSON Lines file with its line number (blank lines skipped); a line that
-    is not a JSON object, or not UTF-8 text, is a :class:`JsonlError` naming the line."""
-    with path.open("rb") as lines:  # decoded line by line, so that an error names its line
-        for number, raw in enumerate(lines, start=1):
-            where = f"{path}, line {number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise JsonlError(f"{where}: not UTF-8 text ({error})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as error:
-                raise JsonlError(f"{where}: not valid JSON ({error})") from None
-            if not isinstance(record, dict):
-                raise JsonlError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield number, record
-
-
-def read_jsonl(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
-    """The objects of a JSON Lines file (see :func:`iter_jsonl`); ``missing_ok``: none for a
-    file that does not exist."""
-    if missing_ok and not path.is_file():
-        return []
-    return [record for _, record in iter_jsonl(path)]
 
 
 def checkpoint_problem(folder: Path) -> str | None:

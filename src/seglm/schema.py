@@ -10,10 +10,12 @@ options may be ``key=value`` items. The types below accept those spellings and n
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
+import os
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any
 
 import yaml
@@ -51,7 +53,7 @@ def _none_word(value: Any) -> Any:
 def _number_as_text(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    return value
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def _comma_list(value: Any) -> Any:
@@ -139,15 +141,16 @@ def _name(info: ValidationInfo) -> str:
     return info.field_name or (info.context or {}).get("field", "value")
 
 
-def choices(names: Sequence[str]) -> Any:
-    """A comma-separated list of names out of ``names``."""
+def choices(names: Sequence[str], kind: type = list) -> Any:
+    """A comma-separated list of names out of ``names`` (a ``kind``: list or tuple)."""
 
-    def check(values: list[str], info: ValidationInfo) -> list[str]:
+    def check(values: Sequence[str], info: ValidationInfo) -> Sequence[str]:
         for value in values:
             check_choice(_name(info), value, names, ConfigError)
         return values
 
-    return Annotated[TextList, AfterValidator(check)]
+    items = tuple[Text, ...] if kind is tuple else list[Text]
+    return Annotated[items, BeforeValidator(_comma_list), AfterValidator(check)]
 
 
 def check_fields(instance: Any, noun: str = "field") -> None:
@@ -155,6 +158,25 @@ def check_fields(instance: Any, noun: str = "field") -> None:
     ConfigError naming the first field that is not (see :func:`validate`)."""
     for name, adapter in field_adapters(type(instance)).items():
         object.__setattr__(instance, name, validate(adapter, getattr(instance, name), name, noun))
+
+
+def check_keys(
+    keys: Iterable[str], known: Iterable[str], where: str, lines: dict[str, int] | None = None
+) -> None:
+    """Unknown keys are errors naming where they are (``lines``: each key's line in a file) and
+    the closest known key."""
+    known = list(known)
+    for key in keys:
+        if key in known:
+            continue
+        line = f", line {lines[key]}" if lines and key in lines else ""
+        raise ConfigError(f"{where}{line}: unknown key {key!r}{closest(str(key), known)}")
+
+
+def closest(name: str, names: Sequence[str]) -> str:
+    """``; did you mean 'x'?`` for the name that ``name`` most likely misspells, or nothing."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @functools.cache

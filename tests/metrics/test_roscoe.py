@@ -277,7 +277,7 @@ def test_empty_chain_has_no_scores_and_bad_input_names_the_field() -> None:
         scorer.score([{"source": SOURCE, "hypothesis": HYPOTHESIS}, {"source": SOURCE}])
     with pytest.raises(ValueError, match=r"example 0: field 'source' must be a string.*int"):
         scorer.score([{"source": 3, "hypothesis": HYPOTHESIS}])
-    with pytest.raises(ValueError, match="unknown ROSCOE families"):
+    with pytest.raises(ValueError, match=r"families='semantic' is not one of .*did you mean"):
         RoscoeConfig(families=("semantic",))
 
 
@@ -523,3 +523,14 @@ def test_minilm_orderings_on_edited_chains(minilm_scorer, gsm8k) -> None:
     assert unrelated["faithfulness_step"] < plain["faithfulness_step"]
     for name in ("faithfulness_step", "faithfulness_token", "info_step", "info_chain"):
         assert identical[name] == pytest.approx(1.0, abs=1e-5), name
+
+
+def test_settings_are_checked_as_every_other_settings_object() -> None:
+    config = RoscoeConfig(families="semantic_similarity,logical_inference", batch_size="4")
+    assert config.families == ("semantic_similarity", "logical_inference")
+    assert config.batch_size == 4
+    for option in ("batch_size", "lm_batch_size", "max_length"):
+        with pytest.raises(ValueError, match=rf"field '{option}' must be >= 1, got 0"):
+            RoscoeConfig(**{option: 0})
+    with pytest.raises(ValueError, match=r"field 'device' expects a string, got \[\]"):
+        RoscoeConfig(device=[])

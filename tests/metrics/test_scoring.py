@@ -68,7 +68,7 @@ def test_score_file(tmp_path: Path) -> None:
     ("second_line", "message"),
     [
         ('{"prediction": "#### 1", "reference": ', r"line 2: not valid JSON"),
-        ('["#### 1", "#### 1"]', r"line 2: expected a JSON object .* got list"),
+        ('["#### 1", "#### 1"]', r"line 2: expected a JSON object, got list"),
         ('{"reference": "#### 1"}', r"line 2: missing field 'prediction'"),
         ('{"prediction": "#### 1"}', r"line 2: missing field 'reference'"),
         ('{"prediction": "1", "reference": 1}', r"line 2: field 'reference' must be a string"),

@@ -82,7 +82,7 @@ def change_from_base(report: Report) -> str:
 
 def demo_grid(losses: str, seeds: str, train_size: int | None, eval_size: int) -> Grid:
     from seglm.config import read_preset
-    from seglm.experiments import EvalSpec, Grid
+    from seglm.experiments import EvalConfig, Grid
 
     train: dict[str, object] = {"preset": DEMO_PRESET}
     if train_size is not None:
@@ -95,7 +95,7 @@ def demo_grid(losses: str, seeds: str, train_size: int | None, eval_size: int) -
         seeds=seeds,  # type: ignore[arg-type]  # a count or a list, as text: Grid reads it
         base=True,
         train=train,
-        eval=EvalSpec(
+        eval=EvalConfig(
             split="test",
             limit=eval_size,
             max_new_tokens=DEMO_MAX_NEW_TOKENS,

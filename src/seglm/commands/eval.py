@@ -3,167 +3,81 @@ adapter, or a seglm run folder on a task split (docs/evaluation.md)."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from seglm.commands import ANSWER_MATCH_HELP, AnswerMatch, choice_enum, roscoe_config
-from seglm.config import DTYPES
-from seglm.evaluate import SCORINGS
+from seglm.commands import config_flags
+from seglm.config import EvalConfig
 
 if TYPE_CHECKING:
-    from seglm.evaluate import EvalResult
-
-DEFAULT_SEED = 1234  # seglm.evaluate.LM_EVAL_FEWSHOT_SEED; not imported to keep start-up cheap
+    from seglm.evaluate import EvalResult, ModelSource
 
 
-Scoring = choice_enum("Scoring", SCORINGS)
-Dtype = choice_enum("Dtype", DTYPES)
+def _command_signature() -> inspect.Signature:
+    """MODEL, where the results go, how they are shown, and a flag per EvalConfig field."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    model = inspect.Parameter(
+        "model",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=typer.Argument(
+            ...,
+            metavar="MODEL",
+            help="Alias (smollm2-135m-instruct), hub id, model folder, seglm run folder or one "
+            "of its checkpoints.",
+        ),
+        annotation=str,
+    )
+    output_dir = inspect.Parameter(
+        "output_dir",
+        keyword,
+        default=typer.Option(
+            None,
+            "--output-dir",
+            help="Where predictions.jsonl and metrics.json go (default: RUN/eval-TASK-SPLIT for "
+            "a run folder, else evals/MODEL-TASK-SPLIT). A rerun resumes.",
+        ),
+        annotation=Path | None,
+    )
+    quiet = inspect.Parameter(
+        "quiet",
+        keyword,
+        default=typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        annotation=bool,
+    )
+    as_json = inspect.Parameter(
+        "as_json",
+        keyword,
+        default=typer.Option(False, "--json", help="Print metrics.json."),
+        annotation=bool,
+    )
+    return inspect.Signature([model, output_dir, quiet, as_json, *config_flags(EvalConfig)])
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval")
     def eval_command(
-        model: Annotated[
-            str,
-            typer.Argument(
-                metavar="MODEL",
-                help="Alias (smollm2-135m-instruct), hub id, model folder, seglm run folder "
-                "or one of its checkpoints.",
-            ),
-        ],
-        task: Annotated[
-            str | None,
-            typer.Option("--task", "-t", help="Task name (default: the run folder's task)."),
-        ] = None,
-        split: Annotated[str, typer.Option("--split", "-s", help="Split to evaluate.")] = "test",
-        output_dir: Annotated[
-            Path | None,
-            typer.Option(
-                "--output-dir",
-                help="Where predictions.jsonl and metrics.json go (default: RUN/eval-TASK-SPLIT "
-                "for a run folder, else evals/MODEL-TASK-SPLIT). A rerun resumes.",
-            ),
-        ] = None,
-        scoring: Annotated[
-            Scoring,
-            typer.Option(
-                help="generate (greedy + answer extraction), loglik (multiple choice: acc, "
-                "acc_norm) or both."
-            ),
-        ] = Scoring.generate,
-        answer_match: Annotated[
-            AnswerMatch, typer.Option("--answer-match", help=ANSWER_MATCH_HELP)
-        ] = AnswerMatch.seglm,
-        limit: Annotated[
-            int | None, typer.Option("--limit", "-n", help="Evaluate N examples only.")
-        ] = None,
-        random_subset: Annotated[
-            bool,
-            typer.Option("--random-subset", help="Draw the --limit examples at random (--seed)."),
-        ] = False,
-        seed: Annotated[
-            int, typer.Option(help="Seed of --random-subset and of the few-shot exemplars.")
-        ] = DEFAULT_SEED,
-        batch_size: Annotated[
-            int | None,
-            typer.Option(help="Sequences per batch (default 32 on CPU, 64 on GPU; halved on OOM)."),
-        ] = None,
-        dtype: Annotated[Dtype, typer.Option(help="Weights' dtype.")] = Dtype.fp32,
-        max_new_tokens: Annotated[
-            int | None, typer.Option(help="Generated tokens at most (default: the task's).")
-        ] = None,
-        num_fewshot: Annotated[
-            int, typer.Option(help="Exemplars from the train split before each prompt.")
-        ] = 0,
-        data_dir: Annotated[
-            str | None,
-            typer.Option(
-                help="Folder with the datasets' files (default $SEGLM_DATA_DIR, else hub)."
-            ),
-        ] = None,
-        adapter: Annotated[
-            Path | None, typer.Option(help="PEFT adapter folder to apply to MODEL.")
-        ] = None,
-        chat_template: Annotated[
-            bool,
-            typer.Option("--chat-template", help="Wrap prompts in the tokenizer's chat template."),
-        ] = False,
-        option: Annotated[
-            list[str] | None,
-            typer.Option("--option", "-o", help="Task option KEY=VALUE, repeatable."),
-        ] = None,
-        allow_task_mismatch: Annotated[
-            bool,
-            typer.Option(
-                "--allow-task-mismatch",
-                help="Evaluate a run on a task whose answer format differs from its own.",
-            ),
-        ] = False,
-        overwrite: Annotated[
-            bool,
-            typer.Option(
-                "--overwrite", help="Start again in an output folder that holds predictions."
-            ),
-        ] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
-        roscoe: Annotated[
-            bool,
-            typer.Option("--roscoe", help="Add ROSCOE reasoning-chain scores (generation only)."),
-        ] = False,
-        roscoe_families: Annotated[
-            str | None,
-            typer.Option(help="Comma-separated ROSCOE families (default: all four)."),
-        ] = None,
-        trust_remote_code: Annotated[
-            bool,
-            typer.Option(
-                "--trust-remote-code",
-                help="Run the custom model code (auto_map) that MODEL's folder or hub repo "
-                "ships. Never taken from a run folder's config.yaml.",
-            ),
-        ] = False,
+        model: str,
+        output_dir: Path | None = None,
+        quiet: bool = False,
+        as_json: bool = False,
+        **flags: Any,
     ) -> None:
         """Evaluate MODEL on a task split: predictions.jsonl (resumable) and metrics.json."""
         from seglm.evaluate import evaluate, resolve_model
-        from seglm.tasks import parse_option_text, task_class
 
+        given = {key: value for key, value in flags.items() if value is not None}
         try:
-            source = resolve_model(model, adapter, trust_remote_code=trust_remote_code)
-            task_name = task or (source.run_config.task if source.run_config else None)
-            if task_name is None:
-                raise ValueError("give --task (MODEL is not a seglm run folder that names one)")
-            options = parse_option_text(task_class(task_name), option or [])
-            out_dir = output_dir or default_output_dir(
-                source.name, source.run_config is not None, task_name, split, scoring, num_fewshot
+            config = EvalConfig(**{k: v for k, v in given.items() if k != "task_options"})
+            source = resolve_model(
+                model, config.adapter, trust_remote_code=config.trust_remote_code
             )
-            result = evaluate(
-                model,
-                task_name,
-                split,
-                out_dir,
-                task_options=options,
-                scoring=scoring.value,
-                limit=limit,
-                random_subset=random_subset,
-                seed=seed,
-                batch_size=batch_size,
-                dtype=dtype.value,
-                max_new_tokens=max_new_tokens,
-                num_fewshot=num_fewshot,
-                data_dir=data_dir,
-                adapter=adapter,
-                chat_template=chat_template,
-                allow_task_mismatch=allow_task_mismatch,
-                overwrite=overwrite,
-                progress=not quiet,
-                roscoe=_roscoe_config(roscoe, roscoe_families),
-                answer_match=answer_match.value,
-                trust_remote_code=trust_remote_code,
-            )
+            config = with_task(config, source, given.get("task_options", []))
+            out_dir = output_dir or default_output_dir(source, config)
+            result = evaluate(source, out_dir=out_dir, config=config, progress=not quiet)
         except (ValueError, OSError) as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
@@ -172,25 +86,31 @@ def register(app: typer.Typer) -> None:
         else:
             _print_summary(result)
 
-
-def _roscoe_config(enabled: bool, families: str | None) -> Any:
-    if not enabled:
-        if families:
-            raise typer.BadParameter("needs --roscoe", param_hint="--roscoe-families")
-        return None
-    return roscoe_config(families)
+    eval_command.__signature__ = _command_signature()  # type: ignore[attr-defined]
+    app.command("eval")(eval_command)
 
 
-def default_output_dir(
-    model_name: str, is_run: bool, task: str, split: str, scoring: Scoring, shots: int
-) -> Path:
+def with_task(config: EvalConfig, source: ModelSource, option_items: list[str]) -> EvalConfig:
+    """The config with its task (a run folder's when not given) and the ``--option`` items read
+    as that task's option types."""
+    from seglm.tasks import parse_option_text, task_class
+
+    task = config.task or (source.run_config.task if source.run_config else None)
+    if task is None:
+        raise ValueError("give --task (MODEL is not a seglm run folder that names one)")
+    options = parse_option_text(task_class(task), option_items)
+    return dataclasses.replace(config, task=task, task_options=options)
+
+
+def default_output_dir(source: ModelSource, config: EvalConfig) -> Path:
     """``RUN/eval-TASK-SPLIT`` inside a run folder, else ``evals/MODEL-TASK-SPLIT``; a scoring
     other than generate and few-shot prompts add a suffix."""
-    suffix = "" if scoring is Scoring.generate else f"-{scoring.value}"
-    suffix += f"-{shots}shot" if shots else ""
-    if is_run:
-        return Path(model_name) / f"eval-{task}-{split}{suffix}"
-    return Path("evals") / f"{Path(model_name).name.lower()}-{task}-{split}{suffix}"
+    suffix = "" if config.scoring == "generate" else f"-{config.scoring}"
+    suffix += f"-{config.num_fewshot}shot" if config.num_fewshot else ""
+    name = f"{config.task}-{config.split}{suffix}"
+    if source.run_config is not None:
+        return Path(source.name) / f"eval-{name}"
+    return Path("evals") / f"{Path(source.name).name.lower()}-{name}"
 
 
 def _print_summary(result: EvalResult) -> None:

@@ -112,9 +112,9 @@ def _add_roscoe(
     path: Path, scored: list[ScoredExample], families: str | None, correlations: Path | None
 ) -> None:
     from seglm.commands import roscoe_config
+    from seglm.json_lines import iter_jsonl
     from seglm.metrics.correlations import pearson_correlations, render_correlations
     from seglm.metrics.roscoe import add_roscoe_scores
-    from seglm.runs import iter_jsonl
     from seglm.tasks.base import question_of_prompt
 
     by_line = dict(iter_jsonl(path))

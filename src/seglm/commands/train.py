@@ -6,41 +6,17 @@ Every field of :class:`seglm.config.TrainConfig` is a flag (``learning_rate`` is
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
-from seglm.config import FIELD_TYPES, FIELDS
-from seglm.losses.spec import LossSpec
+from seglm.commands import config_flags
+from seglm.config import TrainConfig
 from seglm.runs import RUN_CONFIG_FILE
-
-TEXT_KINDS = (str, list, LossSpec)
-
-
-def _flag_parameter(name: str) -> inspect.Parameter:
-    """A typer option for one config field; None means "not given" so the file value stays."""
-    kind = FIELD_TYPES[name]
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    base = typing.get_origin(kind) or kind
-    flag = "--" + name.replace("_", "-")
-    default = FIELDS[name].default
-    shown = "" if default is None or default is dataclasses.MISSING else f" (default: {default})"
-    help_text = FIELDS[name].metadata.get("help", "") + shown
-    names = f"{flag}/--no-{flag[2:]}" if base is bool else flag
-    # Lists are comma-separated text; a dict (task options) is repeated key=value items.
-    kind = list[str] if base is dict else str if base in TEXT_KINDS else base
-    option = typer.Option(None, names, help=help_text, show_default=False)
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None
-    )
 
 
 def _command_signature() -> inspect.Signature:
@@ -56,8 +32,7 @@ def _command_signature() -> inspect.Signature:
         default=typer.Option(False, "--quiet", "-q", help="No progress bar."),
         annotation=bool,
     )
-    fields = [_flag_parameter(name) for name in FIELDS]
-    return inspect.Signature([config_file, quiet, *fields])
+    return inspect.Signature([config_file, quiet, *config_flags(TrainConfig)])
 
 
 def register(app: typer.Typer) -> None:

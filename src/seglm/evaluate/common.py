@@ -1,9 +1,8 @@
-"""What every part of an evaluation shares: scorings, defaults, the error type."""
+"""What every part of an evaluation shares: defaults, file names, the error type (the settings
+are :class:`seglm.config.EvalConfig`)."""
 
 from __future__ import annotations
 
-SCORINGS = ("generate", "loglik", "both")
-LM_EVAL_FEWSHOT_SEED = 1234  # lm-evaluation-harness's default few-shot seed
 FEWSHOT_SPLIT = "train"
 FEWSHOT_DELIMITER = "\n\n"  # lm-evaluation-harness's fewshot_delimiter
 CHOICE_DELIMITER = " "  # lm-evaluation-harness's target_delimiter before each choice

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from seglm.distributed import Ranks
 from seglm.evaluate.common import EvalError
-from seglm.metrics import (
-    PredictionsFileError,
-)
+from seglm.json_lines import iter_jsonl
+from seglm.metrics import PredictionsFileError
 from seglm.runs import (
     EVAL_LOCK_FILE,
     EVAL_SETTINGS_FILE,
@@ -26,82 +23,64 @@ from seglm.runs import (
     PREDICTIONS_FILE,
     differences,
     folder_problem,
+    write_json,
 )
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    """What defines an evaluation: a rerun into the same folder must have the same settings.
-    (The selection, ``limit`` and ``random_subset``, may change: predictions are kept by id.)"""
-
-    model: str
-    adapter: str | None
-    task: str
-    task_options: dict[str, Any]
-    split: str
-    scoring: str
-    num_fewshot: int
-    seed: int
-    max_new_tokens: int | None
-    dtype: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
 @contextlib.contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the output folder for one evaluation: an exclusive ``flock`` on ``EVAL_LOCK_FILE``
-    in it, so a second evaluation into the folder is refused at once, naming the process that holds
+    """Hold the output folder for one evaluation: an exclusive lock on ``EVAL_LOCK_FILE`` in it,
+    so a second evaluation into the folder is refused at once, naming the process that holds
     it, instead of both appending the same predictions. The kernel drops the lock when the
     holder exits, however it exits (a stale lock file blocks no one)."""
-    import fcntl
-    import socket
+    from filelock import FileLock, Timeout
 
     problem = folder_problem(out_dir)
     if problem:
         raise EvalError(f"output folder: {problem}; choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / EVAL_LOCK_FILE, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "a process that has not said which yet"
-            raise EvalError(
-                f"{out_dir} is in use by another evaluation ({holder}); wait for it to "
-                "finish (a rerun then resumes from its predictions), or choose another "
-                "--output-dir"
-            ) from None
-        except OSError as error:  # a file system without locks (ENOLCK, EOPNOTSUPP)
-            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            logger.warning(
-                "%s: cannot lock it (%s); a second evaluation into it would not be noticed",
-                out_dir,
-                error,
-            )
-            unlocked = True
-        else:
-            unlocked = False
-        if unlocked:
-            yield
-            return
-        try:
-            handle.seek(0)
-            handle.truncate()
-            started = time.strftime("%Y-%m-%d %H:%M:%S")
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
-            handle.flush()
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    path = out_dir / EVAL_LOCK_FILE
+    lock = FileLock(path, timeout=0, on_acquired=_say_who_holds)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = path.read_text().strip() or "a process that has not said which yet"
+        raise EvalError(
+            f"{out_dir} is in use by another evaluation ({holder}); wait for it to finish (a "
+            "rerun then resumes from its predictions), or choose another --output-dir"
+        ) from None
+    except OSError as error:  # a file system without locks (ENOLCK, EOPNOTSUPP)
+        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        logger.warning(
+            "%s: cannot lock it (%s); a second evaluation into it would not be noticed",
+            out_dir,
+            error,
+        )
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
-def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> None:
-    """Create the folder, or check that it holds this evaluation (to resume it)."""
+def _say_who_holds(descriptor: int) -> None:
+    """The lock file's text, which a refused evaluation shows: this process, since when."""
+    import socket
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.ftruncate(descriptor, 0)
+    os.pwrite(
+        descriptor, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0
+    )
+
+
+def prepare_out_dir(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Create the folder, or check that it holds this evaluation (``identity``: what
+    eval_config.json holds) to resume it."""
     settings_file = out_dir / EVAL_SETTINGS_FILE
     if overwrite:
         for name in (EVAL_SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE):
@@ -113,7 +92,7 @@ def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> N
             previous = json.loads(settings_file.read_text())
         except ValueError as error:
             raise EvalError(f"{settings_file}: not valid JSON ({error})") from None
-        changed = differences(previous, settings.to_dict())
+        changed = differences(previous, identity)
         if changed:
             details = "; ".join(changed)
             raise EvalError(
@@ -127,7 +106,7 @@ def prepare_out_dir(out_dir: Path, settings: EvalSettings, overwrite: bool) -> N
             "write it; choose another output folder"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+    write_json(settings_file, identity)
 
 
 RECORD_FIELDS: dict[str, type] = {
@@ -147,24 +126,10 @@ def read_predictions(path: Path, scoring: str) -> dict[str, dict[str, Any]]:
     the end of the evaluation leaves it out; any other bad line is an error naming it."""
     if not path.is_file():
         return {}
-    data = path.read_bytes()
     records: dict[str, dict[str, Any]] = {}
     lines_of: dict[str, int] = {}
-    offset = 0
-    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
-        start, offset = offset, offset + len(raw)
-        if not raw.strip():
-            continue
+    for number, record in iter_jsonl(path, error=PredictionsFileError, repair=True):
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(raw)
-        except ValueError as error:
-            if raw.endswith(b"\n"):
-                raise PredictionsFileError(f"{where}: not valid JSON ({error})") from None
-            logger.warning("%s: dropped a line torn by an interrupted write", where)
-            with path.open("r+b") as handle:
-                handle.truncate(start)
-            return records
         check_record(record, where, scoring)
         if record["id"] in records:
             first = lines_of[record["id"]]
@@ -182,9 +147,6 @@ def read_predictions(path: Path, scoring: str) -> dict[str, dict[str, Any]]:
             )
         records[record["id"]] = record
         lines_of[record["id"]] = number
-    if data and not data.endswith(b"\n"):
-        with path.open("ab") as handle:
-            handle.write(b"\n")
     return records
 
 
@@ -195,9 +157,7 @@ def _same_prediction(record: dict[str, Any], other: dict[str, Any]) -> bool:
     }
 
 
-def check_record(record: Any, where: str, scoring: str) -> None:
-    if not isinstance(record, dict):
-        raise PredictionsFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def check_record(record: dict[str, Any], where: str, scoring: str) -> None:
     _check_fields(record, RECORD_FIELDS, where, "")
     if scoring != "generate":
         if not isinstance(record.get("loglik"), dict):

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from seglm.evaluate.model_source import LoadedModel
 from seglm.evaluate.requests import Request
-from seglm.evaluate.sources import LoadedModel
 from seglm.metrics import (
     score_prediction,
 )

@@ -11,29 +11,30 @@ with one seed and evaluates the result, in its own folder under the runs folder:
     RUNS/{task}/{model}/{loss}-lam{λ}/seed{s}/      a run folder (seglm.train) + its evaluation
     RUNS/{task}/{model}/{arm name}/seed{s}/         the same for a named arm
 
-A cell is finished when its ``metrics.json`` exists: a rerun skips it, so an interrupted grid
-resumes (a half-trained cell continues from its last checkpoint). A cell that fails writes its
-traceback to ``error.txt`` and the grid goes on; a rerun tries it again. Cells that share a seed
-share the data order (the Trainer's data seed) and every cell evaluates the same examples, so
-differences between cells of one seed come from the loss. ``run_grid`` runs the cells one by one
-in this process (or every n-th with ``shard``); ``seglm.cluster`` runs each as a submitit job
-(a Slurm array). docs/experiments.md has the details.
+A cell is finished when its ``metrics.json`` exists (``cell_status``): a rerun skips it, so an
+interrupted grid resumes (a half-trained cell continues from its last checkpoint). A cell that
+fails writes its traceback to ``error.txt`` and the grid goes on; a rerun tries it again. Cells
+that share a seed share the data order (the Trainer's data seed) and every cell evaluates the
+same examples, so differences between cells of one seed come from the loss.
+
+Each cell's plan (its training config, its evaluation settings, its folder) is computed once
+(``plan_cells``) and handed to a runner: ``run_grid`` runs the cells one by one in this process,
+or ``workers`` at a time in processes of their own (every n-th with ``shard``); ``seglm.cluster``
+runs each as a submitit job (a Slurm array). docs/experiments.md has the details.
 
 Importing this module is cheap: training and evaluation load inside the functions.
 """
 
 from __future__ import annotations
 
+from seglm.config import EvalConfig
 from seglm.experiments.grid import (
     BASE,
     CE,
     DEFAULT_LAMBDA,
     Cell,
-    EvalSpec,
     Grid,
     GridError,
-    cell_config,
-    check_grid,
     grid_cells,
     is_main_process,
     load_grid,
@@ -42,8 +43,23 @@ from seglm.experiments.grid import (
     read_grid_file,
     read_grid_values,
 )
-from seglm.experiments.runner import CellOutcome, GridRun, parse_shard, run_cell, run_grid
-from seglm.experiments.summary import cell_row, finished_cells, summarize, write_summary
+from seglm.experiments.plan import CellPlan, cell_config, check_grid, plan_cell, plan_cells
+from seglm.experiments.runner import (
+    CellOutcome,
+    GridRun,
+    parse_shard,
+    record_failure,
+    run_cell,
+    run_grid,
+)
+from seglm.experiments.summary import (
+    cell_row,
+    cell_status,
+    finished_cells,
+    summarize,
+    unfinished,
+    write_summary,
+)
 
 __all__ = [
     "BASE",
@@ -51,12 +67,14 @@ __all__ = [
     "DEFAULT_LAMBDA",
     "Cell",
     "CellOutcome",
-    "EvalSpec",
+    "CellPlan",
+    "EvalConfig",
     "Grid",
     "GridError",
     "GridRun",
     "cell_config",
     "cell_row",
+    "cell_status",
     "check_grid",
     "finished_cells",
     "grid_cells",
@@ -64,11 +82,15 @@ __all__ = [
     "load_grid",
     "model_slug",
     "parse_shard",
+    "plan_cell",
+    "plan_cells",
     "prepare_root",
     "read_grid_file",
     "read_grid_values",
+    "record_failure",
     "run_cell",
     "run_grid",
     "summarize",
+    "unfinished",
     "write_summary",
 ]

@@ -15,8 +15,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BeforeValidator
 
-from seglm.config import DTYPES, ConfigError, TrainConfig, check_keys, coerce
-from seglm.evaluate import SCORINGS
+from seglm.config import EVAL_FIELDS, FIELDS, ConfigError, EvalConfig, TrainConfig, coerce
 from seglm.losses.spec import LossSpec, canonical_loss_name
 from seglm.runs import (
     GRID_FILE,
@@ -25,7 +24,6 @@ from seglm.runs import (
     write_atomically,
 )
 from seglm.schema import (
-    Count,
     CountList,
     Mapping,
     NonNegativeInteger,
@@ -33,9 +31,8 @@ from seglm.schema import (
     Text,
     TextList,
     check_fields,
-    choice,
+    check_keys,
     mapping_of,
-    optional,
 )
 
 BASE = "base"
@@ -64,7 +61,14 @@ GRID_KEYS = (
     "launcher",
     "slurm",
 )
-EVAL_KEYS = ("split", "limit", "max_new_tokens", "dtype", "scoring", "batch_size")
+# Evaluation settings each cell takes from its training config (or that no cell needs): a
+# grid's eval block must not set them.
+CELL_EVAL_FIELDS = frozenset(
+    {"task", "task_options", "data_dir", "trust_remote_code", "adapter", "allow_task_mismatch",
+     "overwrite"}
+)  # fmt: skip
+# Evaluation settings that change speed, not results: a rerun may change them.
+EVAL_SPEED_FIELDS = frozenset({"batch_size"})
 SUMMARY_HEAD = (
     "task",
     "model",
@@ -112,28 +116,6 @@ class GridError(ValueError):
 
 
 # -- the grid ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalSpec:
-    """How every cell is evaluated. ``batch_size`` only changes speed, so a rerun may change it;
-    the rest is part of the grid's identity."""
-
-    split: Text = "test"
-    limit: optional(Count) = None
-    max_new_tokens: optional(Count) = None
-    dtype: choice(DTYPES) = "fp32"
-    scoring: choice(SCORINGS) = "generate"
-    batch_size: optional(Count) = None
-
-    def __post_init__(self) -> None:
-        try:
-            check_fields(self)
-        except ConfigError as error:
-            raise GridError(f"eval: {error}") from None
-
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
 
 
 @dataclass(frozen=True)
@@ -185,7 +167,8 @@ def model_slug(model: str) -> str:
 class Grid:
     """tasks x models x (losses x λ + named arms) x seeds, with the training and evaluation
     settings every cell shares (``train``: TrainConfig fields, a ``preset`` allowed; ``eval``:
-    :class:`EvalSpec`).
+    an :class:`~seglm.config.EvalConfig`, whose task, task options, data folder and trust each
+    cell takes from its training config).
     ``model_train`` adds settings for one model (e.g. its LoRA target modules); ``base`` also
     evaluates each untrained model. ``arms`` maps a name to a loss spec of its own."""
 
@@ -199,7 +182,7 @@ class Grid:
     base: bool = False
     train: Mapping = field(default_factory=dict)
     model_train: mapping_of(Mapping) = field(default_factory=dict)
-    eval: EvalSpec = field(default_factory=EvalSpec)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -233,6 +216,15 @@ class Grid:
                 raise GridError(f"model_train: {model!r} is not one of the grid's models")
             where = f"model_train: {model}"
             self.model_train[model] = _check_train_settings(settings, where)
+        defaults = _defaults(EvalConfig)
+        fixed = sorted(
+            name for name in CELL_EVAL_FIELDS if getattr(self.eval, name) != defaults[name]
+        )
+        if fixed:
+            raise GridError(
+                f"eval: {', '.join(fixed)} is set by each cell (from its training settings); "
+                "remove it from the evaluation settings"
+            )
 
     def _check_values(self) -> None:
         if any(loss != CE for loss in self.losses) and not self.lambdas:
@@ -311,7 +303,11 @@ class Grid:
             "models": self.models,
             "train": _resolved_train(self.train, self.tasks[0], self.models[0]),
             "model_train": self.model_train,
-            "eval": self.eval.identity(),
+            "eval": {
+                key: value
+                for key, value in dataclasses.asdict(self.eval).items()
+                if key not in CELL_EVAL_FIELDS | EVAL_SPEED_FIELDS
+            },
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -348,7 +344,7 @@ class Grid:
                 base=values.get("base", False),
                 train=values.get("train"),
                 model_train=values.get("model_train"),
-                eval=_eval_spec(values.get("eval"), where),
+                eval=_eval_config(values.get("eval"), where),
             )
         except GridError as error:
             message = str(error)
@@ -363,7 +359,7 @@ def distinct(values: Iterable[Any]) -> list[Any]:
 
 def _check_train_settings(train: dict[str, Any], where: str) -> dict[str, Any]:
     try:
-        check_keys(train, where)
+        check_keys(train, FIELDS, where)
     except ConfigError as error:
         raise GridError(str(error)) from None
     fixed = sorted(CELL_FIELDS.intersection(train))
@@ -398,16 +394,16 @@ def _names(values: dict[str, Any], single: str, plural: str, where: str) -> Any:
     return values.get(plural, values.get(single))
 
 
-def _eval_spec(value: Any, where: str) -> EvalSpec:
+def _eval_config(value: Any, where: str) -> EvalConfig:
     values = {} if value is None else value
     if not isinstance(values, dict):
         raise GridError(f"{where}: eval: expected a mapping of settings, got {value!r}")
-    unknown = [key for key in values if key not in EVAL_KEYS]
-    if unknown:
-        raise GridError(
-            f"{where}: eval: unknown key {unknown[0]!r}; expected some of {', '.join(EVAL_KEYS)}"
-        )
-    return EvalSpec(**values)
+    try:
+        check_keys(values, [name for name in EVAL_FIELDS if name not in CELL_EVAL_FIELDS], "eval")
+        return EvalConfig(**values)
+    except ConfigError as error:
+        message = str(error)
+        raise GridError(message if message.startswith("eval") else f"eval: {message}") from None
 
 
 def load_grid(path: str | os.PathLike[str]) -> Grid:
@@ -427,82 +423,6 @@ def read_grid_values(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise GridError(f"{path}: expected a mapping (tasks, models, losses, ...)")
     return values
-
-
-# -- checks before anything trains -------------------------------------------------------------
-
-
-def cell_config(grid: Grid, cell: Cell, root: Path) -> TrainConfig:
-    """The training config of a (non-base) cell."""
-    from seglm.config import resolve_config
-
-    overrides = {
-        **grid.train,
-        **grid.model_train.get(cell.model, {}),
-        "task": cell.task,
-        "model": cell.model,
-        "loss": cell.loss_spec,
-        "seed": cell.seed,
-        **({"train_limit": cell.train_size} if cell.train_size is not None else {}),
-        "output_dir": str(root / cell.relative_dir),
-        "run_name": "/".join(cell.relative_dir.parts),
-    }
-    try:
-        return resolve_config(overrides=overrides)
-    except ConfigError as error:
-        raise GridError(f"cell {cell.relative_dir}: {error}") from None
-
-
-def check_grid(grid: Grid, root: Path) -> None:
-    """Refuse what would fail in every cell: unknown tasks, splits or models, bad settings."""
-    from seglm.tasks import get_task
-    from seglm.train import build_objective, check_environment, check_model_name, check_task_name
-
-    for task in grid.tasks:
-        config = cell_config(grid, Cell(task, grid.models[0], CE, 1.0, grid.seeds[0]), root)
-        try:
-            check_task_name(task)
-            task_data = get_task(task, **config.task_options)
-            task_data.resolve_split(grid.eval.split)
-            check_environment(config)
-            if grid.train_sizes:
-                _check_train_split_size(task_data, config, max(grid.train_sizes))
-        except (ConfigError, ValueError) as error:
-            raise GridError(f"task {task!r}: {error}") from None
-    for model in grid.models:
-        try:
-            check_model_name(model)
-        except ConfigError as error:
-            raise GridError(str(error)) from None
-        _check_tokenizer(model)
-    for cell in grid.cells():
-        if not cell.is_base:
-            try:
-                build_objective(cell_config(grid, cell, root))
-            except ConfigError as error:
-                raise GridError(f"cell {cell.relative_dir}: {error}") from None
-
-
-def _check_train_split_size(task: Any, config: TrainConfig, size: int) -> None:
-    """A training-size sweep must train on as many examples as each cell says: a split that
-    holds fewer would silently repeat a smaller size."""
-    found = len(task.load(config.train_split, data_dir=config.data_dir, limit=size))
-    if found < size:
-        hint = " (raise the task option train_size)" if config.task == "arith" else ""
-        raise ConfigError(
-            f"train_sizes: split {config.train_split!r} holds {found} examples, fewer than "
-            f"the largest train size {size}{hint}"
-        )
-
-
-def _check_tokenizer(model: str) -> None:
-    """A model that does not exist fails here, not in the first cell's training."""
-    from seglm.models import load_tokenizer
-
-    try:
-        load_tokenizer(model)
-    except Exception as error:  # any loader failure means the same: no such model here
-        raise GridError(f"model {model!r} cannot be loaded: {error}") from None
 
 
 # -- the runs folder ---------------------------------------------------------------------------
@@ -554,7 +474,7 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
     if path.is_file():
         previous = read_grid_file(root)
         identity = {key: current[key] for key in grid.identity()}
-        changed = differences({key: previous.get(key) for key in identity}, identity)
+        changed = differences(_as_now(previous), identity)
         if changed:
             raise GridError(
                 f"{root} holds another grid ({'; '.join(changed)}); a grid may only be extended "
@@ -571,6 +491,25 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(current, indent=2) + "\n")
     return current
+
+
+def _as_now(previous: dict[str, Any]) -> dict[str, Any]:
+    """The identity a grid.json holds, as this version writes it: a training or evaluation
+    setting added since that grid.json was written was at its default there."""
+    train, evaluation = _defaults(TrainConfig), _defaults(EvalConfig)
+    return {
+        **previous,
+        "train": {**train, **(previous.get("train") or {})},
+        "eval": {**evaluation, **(previous.get("eval") or {})},
+    }
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """Each field of a settings dataclass with its default."""
+    return {
+        item.name: item.default_factory() if item.default is dataclasses.MISSING else item.default  # type: ignore[misc]
+        for item in dataclasses.fields(cls)
+    }
 
 
 def _merged_arms(previous: dict[str, str], current: dict[str, str], root: Path) -> dict[str, str]:

@@ -1,36 +1,28 @@
-"""Running a grid's cells in this process: train (or resume), evaluate, record failures."""
+"""Running a grid's cells on this machine: train (or resume), evaluate, record failures; one
+cell at a time in this process, or several side by side in worker processes."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from seglm.config import TrainConfig
-from seglm.experiments.grid import (
-    CE,
-    Cell,
-    Grid,
-    GridError,
-    cell_config,
-    check_grid,
-    is_main_process,
-    prepare_root,
-)
-from seglm.experiments.summary import summarize, write_summary
-
-# Written last by seglm.evaluate and seglm.train: METRICS_FILE's presence finishes a cell.
+from seglm.experiments.grid import Cell, Grid, GridError, grid_cells, is_main_process, prepare_root
+from seglm.experiments.plan import CellPlan, check_grid, plan_cells
+from seglm.experiments.summary import cell_status, summarize, unfinished, write_summary
 from seglm.runs import (
     CELL_ERROR_FILE,
-    METRICS_FILE,
     RUN_CONFIG_FILE,
     TRAIN_REPORT_FILE,
     last_complete_checkpoint,
+    write_atomically,
 )
 
 
@@ -50,31 +42,35 @@ class CellOutcome:
     error: str | None = None
 
 
-def run_cell(grid: Grid, cell: Cell, root: Path, progress: bool = True) -> CellOutcome:
+def run_cell(plan: CellPlan, progress: bool = True) -> CellOutcome:
     """Train (unless the base model or already trained) and evaluate one cell; a failure is
     written to the cell's error.txt and returned, never raised."""
-    folder = root / cell.relative_dir
-    if (folder / METRICS_FILE).is_file():
-        return CellOutcome(cell, "skipped", 0.0)
+    if cell_status(plan.folder) == "finished":  # e.g. a requeued job whose cell had finished
+        return _skipped(plan)
     started = time.perf_counter()
-    (folder / CELL_ERROR_FILE).unlink(missing_ok=True)
+    (plan.folder / CELL_ERROR_FILE).unlink(missing_ok=True)
     try:
-        if cell.is_base:
-            config = cell_config(grid, Cell(cell.task, cell.model, CE, 1.0, grid.seeds[0]), root)
-            _evaluate(grid, cell.model, folder, config, config.task, progress)
-        else:
-            config = cell_config(grid, cell, root)
-            if not (folder / TRAIN_REPORT_FILE).is_file():
-                _train(config, progress)
+        if plan.train is not None:
+            if not (plan.folder / TRAIN_REPORT_FILE).is_file():
+                _train(plan.train, progress)
             _barrier()
-            _evaluate(grid, folder, folder, config, None, progress)
-    except Exception as error:  # one failed cell must not stop the grid
-        if is_main_process():
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / CELL_ERROR_FILE).write_text(traceback.format_exc())
-        summary = f"{type(error).__name__}: {error}".splitlines()[0]
-        return CellOutcome(cell, "failed", time.perf_counter() - started, summary)
-    return CellOutcome(cell, "finished", time.perf_counter() - started)
+        _evaluate(plan, progress)
+    except Exception:  # one failed cell must not stop the grid
+        return record_failure(plan.cell, plan.folder, traceback.format_exc(), started)
+    return CellOutcome(plan.cell, "finished", time.perf_counter() - started)
+
+
+def _skipped(plan: CellPlan) -> CellOutcome:
+    return CellOutcome(plan.cell, "skipped", 0.0)
+
+
+def record_failure(cell: Cell, folder: Path, text: str, started: float) -> CellOutcome:
+    """The cell's error.txt (its last line is the summary row's error) and its outcome."""
+    if is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder / CELL_ERROR_FILE, text)
+    lines = text.strip().splitlines()
+    return CellOutcome(cell, "failed", time.perf_counter() - started, lines[-1] if lines else None)
 
 
 def _train(config: TrainConfig, progress: bool) -> None:
@@ -89,35 +85,16 @@ def _train(config: TrainConfig, progress: bool) -> None:
     train(config, progress=progress)
 
 
-def _evaluate(
-    grid: Grid,
-    model_ref: str | Path,
-    folder: Path,
-    config: TrainConfig,
-    task: str | None,
-    progress: bool,
-) -> None:
+def _evaluate(plan: CellPlan, progress: bool) -> None:
     """Every rank evaluates its share of the examples and rank 0 writes the results
     (seglm.evaluate under a multi-process launch); a failure on any rank fails the cell on all,
     so the ranks start the next cell together."""
-    from seglm.evaluate import evaluate  # looked up at call time: tests replace it
+    from seglm.evaluate import evaluate, run_source  # looked up at call time: tests replace it
 
-    evaluate(
-        str(model_ref),
-        task,
-        grid.eval.split,
-        folder,
-        task_options=config.task_options if task is not None else None,
-        scoring=grid.eval.scoring,
-        limit=grid.eval.limit,
-        batch_size=grid.eval.batch_size,
-        dtype=grid.eval.dtype,
-        max_new_tokens=grid.eval.max_new_tokens,
-        data_dir=config.data_dir,
-        progress=progress,
-        # The grid file's setting (what trained the cell), not the folder's config.yaml.
-        trust_remote_code=config.trust_remote_code,
-    )
+    model: Any = plan.cell.model
+    if plan.train is not None:  # the weights the cell trained, with the config it trained them
+        model = run_source(plan.folder, plan.train, plan.eval.trust_remote_code)
+    evaluate(model, out_dir=plan.folder, config=plan.eval, progress=progress)
 
 
 @dataclass
@@ -149,23 +126,85 @@ def run_grid(
     *,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
+    workers: int = 1,
     on_cell: Callable[[int, int, CellOutcome], None] = lambda position, total, outcome: None,
 ) -> GridRun:
-    """Check the grid, then run its unfinished cells (those of ``shard``) one by one, rewriting
-    the summary after each. Raises :class:`GridError` before anything trains."""
+    """Check the grid, then run its unfinished cells (those of ``shard``), ``workers`` at a time
+    (each in its own process with an equal share of the CPU cores; one: in this process),
+    rewriting the summary after each. Raises :class:`GridError` before anything trains."""
     root = Path(root)
     started = time.perf_counter()
-    check_grid(grid, root)
-    prepare_root(grid, root)
-    mine = [cell for i, cell in enumerate(grid.cells()) if i % shard[1] == shard[0]]
-    outcomes = []
+    if workers < 1:
+        raise GridError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GridError(
+            "workers > 1 runs cells side by side in processes of its own; under torchrun or "
+            "accelerate launch, every process runs every cell: leave workers at 1"
+        )
+    plans = plan_cells(grid, root)
+    check_grid(grid, plans)
+    grid_file = prepare_root(grid, root)
+    cells = grid_cells(grid_file)  # this grid and what earlier runs into the folder added
+    mine = [plan for position, plan in enumerate(plans) if position % shard[1] == shard[0]]
+    todo = set(unfinished(root, [plan.cell for plan in mine]))
+    if workers > 1:  # the finished cells first, then the others as they finish
+        skipped = [_skipped(plan) for plan in mine if plan.cell not in todo]
+        pending = [plan for plan in mine if plan.cell in todo]
+        ran = itertools.chain(skipped, run_side_by_side(pending, workers))
+    else:
+        ran = (run_cell(plan, progress) if plan.cell in todo else _skipped(plan) for plan in mine)
+    outcomes: list[CellOutcome] = []
     rows: list[dict[str, Any]] | None = None
-    for position, cell in enumerate(mine, start=1):
-        outcome = run_cell(grid, cell, root, progress)
+    for position, outcome in enumerate(ran, start=1):
         outcomes.append(outcome)
         if is_main_process():
-            rows = write_summary(root)
+            rows = write_summary(root, grid_file, cells)
             on_cell(position, len(mine), outcome)
     if rows is None:  # nothing ran here, or another process writes the summary
         rows = summarize(root)
     return GridRun(root, outcomes, rows, time.perf_counter() - started)
+
+
+def run_side_by_side(plans: Sequence[CellPlan], workers: int) -> Iterator[CellOutcome]:
+    """Run the cells in ``workers`` processes at once, each cell whole in one of them, and each
+    process with cores // workers threads; outcomes come as cells finish. A worker that dies
+    (killed, out of memory) fails the cells it and the others had not finished: a rerun runs
+    them again."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, _cores() // workers)
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),  # no torch state copied from here
+        initializer=use_threads,
+        initargs=(threads,),
+    ) as pool:
+        started = time.perf_counter()
+        running = {pool.submit(run_cell, plan, False): plan for plan in plans}
+        for future in as_completed(running):
+            plan = running[future]
+            try:
+                yield future.result()
+            except BrokenProcessPool as error:
+                text = (
+                    f"a worker process died before this cell finished ({error or 'killed'}); "
+                    "the cells of the workers then running or waiting are left to a rerun\n"
+                )
+                yield record_failure(plan.cell, plan.folder, text, started)
+
+
+def use_threads(count: int) -> None:
+    """A worker's share of the CPU: ``count`` threads for OpenMP and torch."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(count)
+    import torch
+
+    torch.set_num_threads(count)
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1

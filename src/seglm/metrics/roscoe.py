@@ -19,6 +19,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from rich.progress import Progress
 
+from seglm.schema import Count, Integer, Text, check_fields, choices, optional
+
 from .roscoe_models import (
     ROSCOE_GRAMMAR_MODEL,
     ROSCOE_NLI_MODEL,
@@ -26,23 +28,11 @@ from .roscoe_models import (
     RoscoeModels,
     load_models,
 )
+from .roscoe_names import FAMILIES, SCORE_NAMES, SCORES_BY_FAMILY
 from .steps import FORMULA
 
 logger = logging.getLogger(__name__)
 
-SCORES_BY_FAMILY: dict[str, tuple[str, ...]] = {
-    "semantic_alignment": (
-        "faithfulness_step",
-        "faithfulness_token",
-        "info_step",
-        "repetition_token",
-    ),
-    "semantic_similarity": ("info_chain", "repetition_step"),
-    "logical_inference": ("self_consistency", "source_consistency"),
-    "language_coherence": ("perplexity_step", "perplexity_chain", "grammar_step"),
-}
-FAMILIES = tuple(SCORES_BY_FAMILY)
-SCORE_NAMES = tuple(name for names in SCORES_BY_FAMILY.values() for name in names)
 ROLES_BY_SCORE: dict[str, tuple[str, ...]] = {
     "faithfulness_step": ("sentence",),
     "faithfulness_token": ("sentence", "token"),
@@ -69,29 +59,22 @@ class RoscoeConfig:
     (``all-MiniLM-L6-v2``, ``smollm2-135m-instruct``); None means ROSCOE's own model when it can
     be loaded, else the offline stand-in (docs/roscoe.md, "Models")."""
 
-    families: tuple[str, ...] = FAMILIES
-    sentence_model: str | None = None
-    token_model: str | None = None  # None: roberta-base for ROSCOE's default, else sentence_model
-    nli_model: str = ROSCOE_NLI_MODEL
-    perplexity_model: str | None = None
-    grammar_model: str = ROSCOE_GRAMMAR_MODEL
-    nli_contradiction_label: str | int | None = None  # None: the label named "contradiction"
-    grammar_acceptable_label: str | int | None = None  # None: a label named "acceptable"
-    batch_size: int = 32
-    lm_batch_size: int = 8  # a perplexity batch holds batch x tokens x vocabulary logits
-    max_length: int = 512  # tokens per text, for every model
-    device: str | None = None  # None: cuda when available, else cpu
+    families: choices(FAMILIES, tuple) = FAMILIES
+    sentence_model: optional(Text) = None
+    token_model: optional(Text) = None  # None: roberta-base for ROSCOE's, else sentence_model
+    nli_model: Text = ROSCOE_NLI_MODEL
+    perplexity_model: optional(Text) = None
+    grammar_model: Text = ROSCOE_GRAMMAR_MODEL
+    nli_contradiction_label: optional(Integer | Text) = None  # None: the label "contradiction"
+    grammar_acceptable_label: optional(Integer | Text) = None  # None: a label named "acceptable"
+    batch_size: Count = 32
+    lm_batch_size: Count = 8  # a perplexity batch holds batch x tokens x vocabulary logits
+    max_length: Count = 512  # tokens per text, for every model
+    device: optional(Text) = None  # None: cuda when available, else cpu
     progress: bool = True
 
     def __post_init__(self) -> None:
-        unknown = [family for family in self.families if family not in SCORES_BY_FAMILY]
-        if unknown:
-            raise ValueError(
-                f"unknown ROSCOE families {unknown}; expected some of {list(FAMILIES)}"
-            )
-        for option in ("batch_size", "lm_batch_size", "max_length"):
-            if getattr(self, option) < 1:
-                raise ValueError(f"RoscoeConfig.{option} must be >= 1, got {getattr(self, option)}")
+        check_fields(self, noun="RoscoeConfig field")
 
     @property
     def scores(self) -> tuple[str, ...]:

@@ -6,10 +6,11 @@ match and the step metrics, ``choice`` gets exact match on the answer letter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from seglm.json_lines import iter_jsonl
 
 from .exact_match import (
     NUMERIC_FORMATS,
@@ -104,26 +105,10 @@ def score_file(answer_format: str, path: Path, answer_match: str = "seglm") -> l
 
 
 def _read_predictions(path: Path) -> Iterable[tuple[int, str, str]]:
-    try:
-        with path.open(encoding="utf-8") as lines:
-            for line_number, line in enumerate(lines, start=1):
-                if line.strip():
-                    yield line_number, *_parse_line(line, f"{path}, line {line_number}")
-    except UnicodeDecodeError as error:
-        raise PredictionsFileError(f"{path} is not UTF-8 text: {error}") from None
-
-
-def _parse_line(line: str, where: str) -> tuple[str, str]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise PredictionsFileError(f"{where}: not valid JSON ({error})") from None
-    if not isinstance(record, dict):
-        raise PredictionsFileError(
-            f"{where}: expected a JSON object with 'prediction' and 'reference', "
-            f"got {type(record).__name__}"
-        )
-    return _text_field(record, "prediction", where), _text_field(record, "reference", where)
+    for line_number, record in iter_jsonl(path, error=PredictionsFileError):
+        where = f"{path}, line {line_number}"
+        prediction = _text_field(record, "prediction", where)
+        yield line_number, prediction, _text_field(record, "reference", where)
 
 
 def _text_field(record: dict[str, object], field: str, where: str) -> str:

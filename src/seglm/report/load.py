@@ -21,6 +21,7 @@ from seglm.experiments import (
     model_slug,
     read_grid_file,
 )
+from seglm.json_lines import read_jsonl
 from seglm.losses.spec import LossSpec
 from seglm.runs import (
     EVAL_SETTINGS_FILE,
@@ -29,7 +30,6 @@ from seglm.runs import (
     ROSCOE_FILE,
     TRAIN_LOG_FILE,
     read_json,
-    read_jsonl,
 )
 
 # The metrics compared per arm, where a task has them (acc and acc_norm: log-likelihood scoring).

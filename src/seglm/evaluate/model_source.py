@@ -75,7 +75,7 @@ def _resolve_model(
                 f"{path} carries its own weights; an adapter goes with a base model only"
             )
         if (path / RUN_CONFIG_FILE).is_file():
-            return _run_folder_source(path)
+            return run_source(path, load_run_config(path))
         return _adapter_source(path, base=None)
     if adapter is not None:
         return _adapter_source(Path(adapter), base=str(model_ref))
@@ -89,13 +89,15 @@ def _resolve_model(
     return ModelSource(str(model_ref), str(model_ref), None, str(path), run_config)
 
 
-def _run_folder_source(run_dir: Path) -> ModelSource:
-    config = load_run_config(run_dir)
+def run_source(run_dir: Path, config: TrainConfig, trust_remote_code: bool = False) -> ModelSource:
+    """A seglm run folder made with ``config`` (its config.yaml), as an evaluation's model:
+    the weights at its root, with its base model when they are an adapter."""
     tokenizer = str(run_dir) if _has_tokenizer(run_dir) else config.model
+    trust = trust_remote_code
     if _has_any(run_dir, ADAPTER_WEIGHTS):
-        return ModelSource(str(run_dir), config.model, str(run_dir), tokenizer, config)
+        return ModelSource(str(run_dir), config.model, str(run_dir), tokenizer, config, trust)
     if _has_any(run_dir, MODEL_WEIGHTS):
-        return ModelSource(str(run_dir), str(run_dir), None, tokenizer, config)
+        return ModelSource(str(run_dir), str(run_dir), None, tokenizer, config, trust)
     problem = f"run folder {run_dir} has no weights at its root (expected {ADAPTER_WEIGHTS[0]} "
     problem += f"for LoRA or {MODEL_WEIGHTS[0]} for full fine-tuning)"
     if not (run_dir / TRAIN_REPORT_FILE).is_file():
@@ -222,6 +224,6 @@ def check_vocabulary(model: Any, tokenizer: Any, name: str) -> None:
 
 
 def dtype_name(model: Any) -> str:
-    from seglm.models import DTYPES
+    from seglm.models import TORCH_DTYPES
 
-    return next(name for name, dtype in DTYPES.items() if dtype == model.dtype)
+    return next(name for name, dtype in TORCH_DTYPES.items() if dtype == model.dtype)
