@@ -125,3 +125,70 @@ def jsonl_log_callback(path: Path) -> Any:
                 handle.write(json.dumps(event) + "\n")
 
     return JsonlLogCallback()
+
+
+def console_progress_callback(title: str) -> Any:
+    """A TrainerCallback that shows training as one rich progress line on stderr (main process
+    only): the step, the last logged loss and each of its terms, the time left. It stands in for
+    the Trainer's tqdm bar and printed log dicts."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from transformers import TrainerCallback
+
+    class ConsoleProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar: Progress | None = None
+            self.task: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[losses]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(
+                title, total=state.max_steps, completed=state.global_step, losses=""
+            )
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+            summary = loss_summary(logs or {})
+            if self.bar is not None and summary:  # the end-of-training totals have no loss
+                self.bar.update(self.task, losses=summary)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
+
+    return ConsoleProgress()
+
+
+def loss_summary(logs: dict[str, Any]) -> str:
+    """``loss 1.234 (ce 1.4, lovasz 0.91)``, plus ``eval 1.3`` when validated: a log event."""
+    parts = []
+    if "loss" in logs:
+        terms = [
+            f"{key.removeprefix('loss_')} {value:.3g}"
+            for key, value in logs.items()
+            if key.startswith("loss_") and isinstance(value, int | float)
+        ]
+        parts.append(f"loss {logs['loss']:.4g}" + (f" ({', '.join(terms)})" if terms else ""))
+    if "eval_loss" in logs:
+        parts.append(f"eval {logs['eval_loss']:.4g}")
+    return "  ".join(parts)

@@ -13,7 +13,12 @@ from typing import Any
 
 from seglm.config import TrainConfig
 from seglm.runs import TRAIN_LOG_FILE, TRAIN_REPORT_FILE, write_json
-from seglm.train.callbacks import jsonl_log_callback, run_progress_callback, whole_run
+from seglm.train.callbacks import (
+    console_progress_callback,
+    jsonl_log_callback,
+    run_progress_callback,
+    whole_run,
+)
 from seglm.train.splits import PreparedData
 
 
@@ -61,6 +66,7 @@ def fit(
         callbacks=[jsonl_log_callback(config.run_dir / TRAIN_LOG_FILE), progress, *callbacks],
     )
     progress.trainer = trainer
+    _show_progress_on_the_console(trainer, config)
     output = trainer.train(resume_from_checkpoint=resume_from)
     remove_fused_head(model)
     trainer.save_model(str(config.run_dir))
@@ -148,6 +154,19 @@ def distributed_setup(trainer: Any) -> dict[str, Any]:
     if plugin is not None:
         setup["fsdp_version"] = plugin.fsdp_version
     return setup
+
+
+def _show_progress_on_the_console(trainer: Any, config: TrainConfig) -> None:
+    """One rich progress line in place of the Trainer's tqdm bar, or nothing when progress is
+    off; the Trainer's printed log dicts never (the log is in log.jsonl)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    showing = not trainer.args.disable_tqdm
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if showing:
+        title = f"training {config.run_name or config.run_dir.name}"
+        trainer.add_callback(console_progress_callback(title))
 
 
 def _reset_peak_rss() -> None:
