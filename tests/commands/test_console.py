@@ -7,10 +7,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from train._helpers import save_tiny_model
 from typer.testing import CliRunner
 
 from seglm.cli import app
-from train._helpers import save_tiny_model
 
 
 @pytest.fixture(scope="module")
