@@ -20,12 +20,17 @@ Prints a markdown table and writes benchmarks/results/train_step.json.
 minimal loop of its own (forward, the loss on materialised logits, backward, clipping, AdamW) on
 the same batches (each batch the Trainer just trained on), with the same model, LoRA, dtype and
 threads, interleaved step by step in one process; ratio = median of the per-step ratios.
+``--compare``: ``seglm train``'s whole step for each of ``--specs``, in interleaved rounds (each
+round trains every spec for ``--steps`` steps, in a new order each round), the median step after
+the first of each session, and each spec's ratio to the first spec's: what a loss costs in a real
+step (ASFT's extra reference forward against DFT, say).
 ``--contention``: the same seglm step in fresh processes with 1 and 2 threads, idle OpenMP
 threads spinning or sleeping (OMP_WAIT_POLICY), on the idle machine and next to one CPU-bound
 process; the slowdown is against the fastest idle setting.
 
     python benchmarks/train_step.py --floor --preset demo --specs ce "ce=0.6,lovasz=0.4"
     python benchmarks/train_step.py --contention --preset demo --steps 6
+    python benchmarks/train_step.py --compare --specs dft@answer=1 asft@answer=1 --rounds 3
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ SPECS = {
 }
 RESULTS = Path(__file__).parent / "results" / "train_step.json"
 FLOOR_RESULTS = RESULTS.with_name("train_step_floor.json")
+COMPARE_RESULTS = RESULTS.with_name("train_step_compare.json")
 CONTENTION_RESULTS = RESULTS.with_name("train_step_contention.json")
 FLOOR_TARGET = 1.10  # seglm's step at most this many times the floor's
 
@@ -300,6 +306,30 @@ def measure_floor(args: argparse.Namespace) -> None:
     FLOOR_RESULTS.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
 
 
+def measure_compare(args: argparse.Namespace) -> None:
+    """seglm train's step for each spec, rounds interleaved so that a busy machine slows all
+    alike; the ratio is of medians over every measured step."""
+    steps: dict[str, list[float]] = {spec: [] for spec in args.specs}
+    for round_number in range(args.rounds):
+        order = (
+            args.specs[round_number % len(args.specs) :]
+            + args.specs[: round_number % len(args.specs)]
+        )
+        for spec in order:
+            seglm, _ = seglm_step_times(floor_config(args, spec))
+            steps[spec] += seglm[1:]  # the first step of a session warms up
+    first = statistics.median(steps[args.specs[0]])
+    lines = ["| loss | steps | s/step (median) | x first |", "|---|---|---|---|"]
+    for spec, times in steps.items():
+        median = statistics.median(times)
+        lines.append(f"| {spec} | {len(times)} | {median:.2f} | {median / first:.2f} |")
+    print(f"preset {args.preset}, {torch.get_num_threads()} threads, load {os.getloadavg()}")
+    print("\n".join(lines))
+    COMPARE_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"settings": vars(args), "steps": steps}
+    COMPARE_RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+
+
 def measure_contention(args: argparse.Namespace) -> None:
     """Each setting in a fresh process (the OpenMP runtime reads its settings once)."""
     settings = [(t, w) for t in (1, 2) for w in ("spin", "PASSIVE")]
@@ -357,6 +387,7 @@ def main() -> None:
     parser.add_argument("--memory-of", choices=SPECS, help=argparse.SUPPRESS)
     parser.add_argument("--floor", action="store_true", help="seglm train against a plain loop")
     parser.add_argument("--contention", action="store_true", help="idle and busy machine")
+    parser.add_argument("--compare", action="store_true", help="seglm train's step per spec")
     parser.add_argument("--preset", default="demo", help="--floor/--contention: the training")
     parser.add_argument("--specs", nargs="+", default=["ce", "ce=0.6,lovasz=0.4"])
     parser.add_argument("--steps", type=int, default=8, help="--floor/--contention: steps")
@@ -375,6 +406,9 @@ def main() -> None:
         return
     if args.contention:
         measure_contention(args)
+        return
+    if args.compare:
+        measure_compare(args)
         return
     if args.memory_of:
         measure_memory(args)
