@@ -114,3 +114,11 @@ def test_too_small_a_problem_space_is_an_error() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="found only 4 distinct problems for 'test'"):
         task.load("test")
+
+
+def test_a_generated_split_says_what_it_holds() -> None:
+    """Not GSM8K's note ("90% of the official train set") that the class would inherit."""
+    task = get_task("arith", train_size=40, seed=3)
+    assert task.describe_split("train") == (
+        "40 problems generated with seed 3, none shared with the other splits"
+    )

@@ -121,6 +121,14 @@ class Arith(GSM8K):
         if min(self.train_size, self.validation_size, self.test_size) < 0:
             raise ValueError("arith split sizes must be >= 0")
 
+    def describe_split(self, split: str) -> str:
+        """What a generated split holds (not GSM8K's notes, which this class would inherit)."""
+        split = self.resolve_split(split)
+        return (
+            f"{self.size(split)} problems generated with seed {self.seed}, none shared with "
+            "the other splits"
+        )
+
     @property
     def plain_max_length(self) -> int:  # type: ignore[override]
         return 128 if self.target == "paper" else 256
