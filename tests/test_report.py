@@ -12,14 +12,21 @@ import numpy as np
 import pytest
 from grid_fakes import FakeRuns, example_scores
 from matplotlib.image import imread
+from rich.console import Console
 from scipy.stats import binomtest
 from train._helpers import save_tiny_model
 
+from seglm.commands.report import print_report
 from seglm.experiments import EvalSpec, Grid, GridError, run_grid
 from seglm.grid_roscoe import score_roscoe
 from seglm.report import build_report
 from seglm.runs import ROSCOE_FILE
-from seglm.stats import holm, sign_flip_p_value
+from seglm.stats import (
+    holm,
+    minimum_detectable_effect,
+    sign_flip_p_value,
+    variance_components,
+)
 from seglm.tasks import get_task
 
 RATES = {"base": 0.05, "ce-lam1": 0.3, "lovasz-lam0.6": 0.6, "lovasz-lam0.8": 0.45}
@@ -269,3 +276,186 @@ def test_roscoe_scores_are_computed_once_and_feed_the_heatmap(
     (group,) = build_report(root, resamples=200).groups
     assert "correlations" in group.figures
     assert group.correlations["columns"] == ["faithfulness_step", "exact_match", "iou"]
+
+
+def test_each_difference_carries_its_minimum_detectable_effect(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_runs(tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(RATES))
+    report = build_report(root, resamples=200)
+    (group,) = report.groups
+    stats = {s.arm: s for s in group.stats}
+    seeds = [0, 1, 2]
+    lovasz, ce = scores("lovasz-lam0.6", seeds), scores("ce-lam1", seeds)
+    comparison = stats["lovasz-lam0.6"].versus["CE(all)"]
+    error = variance_components(lovasz - ce).standard_error
+    # Four trained arms are compared with CE(all): a Holm family of 4.
+    assert comparison.mde["exact_match"] == pytest.approx(minimum_detectable_effect(error, 4))
+    assert comparison.mde["exact_match"] != pytest.approx(minimum_detectable_effect(error, 1))
+    assert comparison.differences["exact_match"].p_value == pytest.approx(
+        sign_flip_p_value(lovasz - ce)
+    )
+    # The base model is not tested in a family: its MDE is at 0.05.
+    base = stats["base"].versus["CE(all)"]
+    base_error = variance_components(np.repeat(scores("base", [None]), 3, axis=0) - ce)
+    assert base.mde["exact_match"] == pytest.approx(
+        minimum_detectable_effect(base_error.standard_error, 1)
+    )
+    text = report.path.read_text()
+    difference = comparison.differences["exact_match"]
+    shown = (
+        f"| lovasz-lam0.6 | {100 * difference.difference:+.1f} [{100 * difference.low:+.1f}, "
+        f"{100 * difference.high:+.1f}] | {100 * comparison.mde['exact_match']:.1f} |"
+    )
+    assert shown in text
+    assert f"minimum detectable effect at that level: {100 * group.headline.mde:.1f}" in text
+    saved = json.loads((root / "report.json").read_text())
+    arms = {arm["arm"]: arm for arm in saved["groups"][0]["arms"]}
+    mde = arms["lovasz-lam0.6"]["versus"]["CE(all)"]["mde"]["exact_match"]
+    assert mde == pytest.approx(comparison.mde["exact_match"])
+
+
+CHOICE_EXAMPLES = 40
+
+
+def _choice_data(folder: Path, train_labels: str, test_labels: str) -> Path:
+    folder.mkdir(parents=True)
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        lines = [
+            {"prompt": f"question {i}", "choices": ["w", "x", "y", "z"], "label": label}
+            for i, label in enumerate(labels)
+        ]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+# Per (arm, seed): the letters answered, in runs over the 40 examples ("x" answers nothing).
+ANSWERS = {
+    ("ce-lam1", 0): "A" * 38 + "B" * 2,  # 95% A
+    ("ce-lam1", 1): "A" * 36 + "C" * 4,  # 90% A: collapsed
+    ("lovasz-lam0.6", 0): "A" * 40,
+    ("lovasz-lam0.6", 1): "A" * 40,  # collapsed, like the baseline: both collapsed
+    ("control", 0): "A" * 30 + "D" * 10,  # 75% A
+    ("control", 1): "D" * 36 + "A" * 4,  # 90% D: 82.5% on average, though A and D pool to 50%
+    ("focal-lam0.6", 0): "A" * 20 + "B" * 10 + "x" * 10,
+    ("focal-lam0.6", 1): "ABCD" * 10,  # not collapsed
+}
+
+
+def test_collapsed_arms_and_the_constant_answer_of_a_choice_task(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Training answers: B is the most common (4 of 10); test answers: A is (16 of 40), so a
+    # constant chosen on the test split would be A and score 40%; B scores 10 / 40.
+    data = _choice_data(tmp_path / "data", "BBBBAAACCD", "A" * 16 + "B" * 10 + "C" * 8 + "D" * 6)
+    options = {"path": str(data), "choices_field": "choices"}
+    fakes = FakeRuns(
+        prediction=lambda arm, seed, index: ANSWERS[(arm, seed)][index],
+        reference=lambda index: ("A" * 16 + "B" * 10 + "C" * 8 + "D" * 6)[index],
+    )
+    root = make_runs(
+        tmp_path / "runs", tiny_model, monkeypatch, fakes, tasks=["jsonl"],
+        losses=["ce", "lovasz", "focal"], lambdas=[0.6], arms={"control": "ce=0.6,ce@answer=0.4"},
+        seeds=[0, 1], base=False, train={"task_options": options},
+    )  # fmt: skip
+    report = build_report(root, resamples=200)
+    (group,) = report.groups
+    stats = {s.arm: s for s in group.stats}
+    assert [s.arm for s in group.stats if s.collapsed] == ["ce-lam1", "control", "lovasz-lam0.6"]
+    assert stats["control"].answers.top_share == pytest.approx(0.825)
+    assert stats["control"].answers.shares["A"] == pytest.approx(34 / 80)
+    assert stats["focal-lam0.6"].answers.top_share == pytest.approx((0.5 + 0.25) / 2)
+    assert stats["focal-lam0.6"].answers.shares["none"] == pytest.approx(10 / 80)
+    assert [c.most_common for c in stats["ce-lam1"].answers.cells] == [("A", 0.95), ("A", 0.9)]
+    constant = report.groups[0].constant
+    assert (constant.answer, constant.train_examples) == ("B", 10)
+    assert constant.train_shares == {"A": 0.3, "B": 0.4, "C": 0.2, "D": 0.1}
+    assert constant.estimate.mean == pytest.approx(10 / 40)
+
+    text = report.path.read_text()
+    assert "| ce-lam1 (CE(all)) [collapsed] | 2 |" in text and "| focal-lam0.6 | 2 |" in text
+    assert "### Against CE(all) (`ce-lam1`, collapsed)" in text
+    assert "| lovasz-lam0.6 [both collapsed] |" in text  # against CE(all), both collapsed
+    assert "| focal-lam0.6 | " in text
+    assert "| control | 42.5 | 0.0 | 0.0 | 57.5 | 0.0 | A: 75.0, D: 90.0 | **yes** |" in text
+    assert "| references (evaluated) | 40.0 | 25.0 | 20.0 | 15.0 |" in text
+    assert "| references (`train` split) | 30.0 | 40.0 | 20.0 | 10.0 |" in text
+    assert "Best constant answer: `B`, the most common answer of the training split" in text
+    assert "scores exact match 25.0% [" in text
+    assert "Both arms are collapsed" in text  # lovasz against the (collapsed) control
+    saved = json.loads((root / "report.json").read_text())["groups"][0]
+    assert saved["collapsed"] == ["ce-lam1", "control", "lovasz-lam0.6"]
+    assert saved["constant_answer"]["answer"] == "B"
+
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    printed = console.export_text()
+    assert "ce-lam1 (CE(all)) [collapsed]" in printed
+    assert "collapsed arms: ce-lam1, control, lovasz-lam0.6" in printed
+    assert "Best constant answer: B" in printed
+
+    # Without the training split the report says why, and still reports the rest.
+    (data / "train.jsonl").unlink()
+    report = build_report(root, resamples=200)
+    assert report.groups[0].constant.estimate is None
+    assert "train.jsonl is missing" in report.groups[0].constant.problem
+    assert "Best constant answer: not computed, the training split `train`" in (
+        report.path.read_text()
+    )
+
+
+def test_a_generation_task_reports_its_most_common_answers(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def prediction(arm: str, seed: int | None, index: int) -> str:
+        if arm == "base":
+            return "no idea"
+        return "<<2+2=4>> #### 4" if arm == "lovasz-lam0.6" or index % 4 else f"#### {index}"
+
+    fakes = FakeRuns(prediction=prediction)
+    root = make_runs(
+        tmp_path / "runs", tiny_model, monkeypatch, fakes, losses=["ce", "lovasz"],
+        lambdas=[0.6], seeds=[0],
+    )  # fmt: skip
+    (group,) = build_report(root, resamples=200).groups
+    stats = {s.arm: s for s in group.stats}
+    # CE: 30 of 40 answer 4, the other 10 their index (0, 4, 8, ...): 4 counts 31 times.
+    (cell,) = stats["ce-lam1"].answers.cells
+    assert cell.most_common == ("4", 31 / 40) and cell.distinct == 10
+    assert [s.arm for s in group.stats if s.collapsed] == ["lovasz-lam0.6"]
+    assert stats["base"].answers.shares == {"none": 1.0} and not stats["base"].collapsed
+    assert group.constant is None  # no constant answer outside multiple choice
+
+
+def test_training_sizes_get_a_group_each_with_the_untrained_model_and_a_figure(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_runs(
+        tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(RATES), losses=["ce", "lovasz"],
+        lambdas=[0.6], seeds=[0, 1], train_sizes=[20, 40],
+    )  # fmt: skip
+    assert (root / "arith" / tiny_model.name / "n20" / "ce-lam1" / "seed1").is_dir()
+    report = build_report(root, resamples=200)
+    assert [g.group.train_size for g in report.groups] == [20, 40]
+    for group_report in report.groups:
+        group = group_report.group
+        assert list(group.arms) == ["base", "ce-lam1", "lovasz-lam0.6"]
+        assert group.arms["ce-lam1"].values["exact_match"].shape == (2, EXAMPLES)
+        assert group.slug.endswith(f"-n{group.train_size}")
+    (path,) = report.size_figures.values()
+    assert path.name == f"arith-{tiny_model.name}-sizes.png"
+    image = imread(path)
+    assert image.shape[1] > 600 and image[..., :3].std() > 0.05
+    text = report.path.read_text()
+    assert f"## arith / {tiny_model}, 20 training examples" in text
+    assert f"## arith / {tiny_model}, 40 training examples" in text
+    assert f"## arith / {tiny_model}: against the training size" in text
+    assert f"](figures/{path.name})" in text
+    saved = json.loads((root / "report.json").read_text())
+    assert [g["train_size"] for g in saved["groups"]] == [20, 40]
+    # One size: no figure against the size.
+    root = make_runs(
+        tmp_path / "one", tiny_model, monkeypatch, FakeRuns(RATES), losses=["ce"], seeds=[0],
+        train_sizes=[20],
+    )  # fmt: skip
+    assert build_report(root, resamples=200).size_figures == {}
