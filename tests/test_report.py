@@ -4,6 +4,8 @@ statistics against hand-computed values, the figures, and refusals."""
 from __future__ import annotations
 
 import json
+import re
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -15,11 +17,14 @@ from matplotlib.image import imread
 from rich.console import Console
 from scipy.stats import binomtest
 from train._helpers import save_tiny_model
+from typer.testing import CliRunner
 
+from seglm.cli import app
 from seglm.commands.report import print_report
-from seglm.experiments import EvalSpec, Grid, GridError, run_grid
+from seglm.experiments import EvalSpec, Grid, GridError, load_grid, run_grid
 from seglm.grid_roscoe import score_roscoe
 from seglm.report import build_report
+from seglm.report.load import Arm, baseline_roles
 from seglm.runs import ROSCOE_FILE
 from seglm.stats import (
     holm,
@@ -459,3 +464,84 @@ def test_training_sizes_get_a_group_each_with_the_untrained_model_and_a_figure(
         train_sizes=[20],
     )  # fmt: skip
     assert build_report(root, resamples=200).size_figures == {}
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+runner = CliRunner(env={"COLUMNS": "240"})  # room for the wide tables
+
+
+def _unpacked(name: str, folder: Path) -> Path:
+    with tarfile.open(RESULTS / f"{name}.tar.gz") as archive:
+        archive.extractall(folder, filter="data")
+    return folder
+
+
+def _plain(output: str) -> str:
+    """The output without rich's boxes and line wrapping."""
+    return re.sub(r"[\s│╭╮╰╯─┃┏┓┗┛━┡┩└┘┌┐├┤┼┬┴]+", " ", output)
+
+
+def test_the_archived_arith_grid_has_an_mde_beside_each_difference(tmp_path: Path) -> None:
+    root = _unpacked("arith-3seeds", tmp_path / "arith")
+    result = runner.invoke(app, ["report", str(root), "--resamples", "200"])
+    assert result.exit_code == 0, result.output
+    printed = _plain(result.output)
+    # Lovász against the control, exact match: seed variance 0.00025, example 0.0157, residual
+    # 0.0709 over 3 seeds x 150 problems: SE 1.86 points; Holm family of 2 (Lovász, DFT):
+    # MDE (z(0.9875) + z(0.8)) x 1.86 = 5.7 points. p exact: 0.415 (Holm 0.830).
+    assert re.search(r"lovasz-lam0.6 -1.6 \[\S+ \S+ 5.7 0.415 0.830 0.337 \+1.3", printed)
+    assert re.search(r"dft-lam0.6 -0.7 \[\S+ \S+ 5.3 0.794 0.830 0.755", printed)
+    assert "collapsed arms: none" in printed
+    saved = json.loads((root / "report.json").read_text())["groups"][0]
+    arms = {arm["arm"]: arm for arm in saved["arms"]}
+    versus = arms["lovasz-lam0.6"]["versus"]["control"]
+    assert versus["differences"]["exact_match"]["standard_error"] == pytest.approx(0.018611, 1e-4)
+    assert versus["mde"]["exact_match"] == pytest.approx(0.05738, rel=1e-3)
+    # CE(answer) against CE(all): exact p 0.012, Holm over four arms 0.047.
+    ce_answer = arms["ce-answer"]["versus"]["CE(all)"]
+    assert ce_answer["differences"]["exact_match"]["p_value"] == pytest.approx(0.0117, abs=5e-4)
+    assert ce_answer["holm"]["exact_match"] == pytest.approx(0.0468, abs=2e-3)
+    text = (root / "report.md").read_text()
+    assert "| lovasz-lam0.6 | -1.6 [" in text and "| 5.7 | 0.415 | 0.830 |" in text
+    assert "lovasz-lam0.6 against the control (`control`), exact match: -1.6 [" in text
+
+
+def test_the_archived_openbookqa_grid_shows_its_collapsed_arms_and_the_constant_answer(
+    tmp_path: Path,
+) -> None:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"the offline datasets are not at {SHARED_DATA} (../shared/data)")
+    root = _unpacked("openbookqa-3seeds", tmp_path / "openbookqa")
+    argv = ["report", str(root), "--resamples", "200", "--data-dir", str(SHARED_DATA)]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    printed = _plain(result.output)
+    # In 16 of the 24 trained cells at least 96% of the answers are A; per arm, the mean over
+    # seeds of a seed's most common answer's share is above 80% for all but focal.
+    collapsed = "ce-lam1, ce-answer, control, sadl-lam0.6, gdice-lam0.6, lovasz-lam0.6, dft-lam0.6"
+    assert f"collapsed arms: {collapsed}" in printed
+    assert "lovasz-lam0.6 [both collapsed] +0.7" in printed  # against the control
+    assert "focal-lam0.6 +0.1" in printed
+    assert "A: 100.0, A: 100.0, A: 99.8" in printed  # Lovász's seeds
+    assert "Best constant answer: A, the most common answer of the training split train " in (
+        printed
+    )
+    assert "(27.8% of 4957)" in printed and "scores exact match 27.6% [" in printed
+    saved = json.loads((root / "report.json").read_text())["groups"][0]
+    cells = [
+        cell for arm in saved["arms"] if arm["arm"] != "base" for cell in arm["answers"]["cells"]
+    ]
+    assert sum(cell["counts"].get("A", 0) / cell["total"] >= 0.96 for cell in cells) == 16
+    assert len(cells) == 24
+
+
+@pytest.mark.parametrize("dataset", ["gsm8k", "mathqa", "openbookqa", "hellaswag"])
+def test_the_paper_grids_hold_the_weighting_control_and_ce_on_the_answer(dataset: str) -> None:
+    grid = load_grid(RESULTS.parent / "configs" / "grids" / f"paper-{dataset}.yaml")
+    trained = [cell for cell in grid.cells() if not cell.is_base]
+    assert len(trained) == 35  # 5 models x (CE, the paper's 4 losses, the 2 controls)
+    arms = {cell.arm: Arm(cell.arm, cell.loss, cell.lam, cell.loss_spec) for cell in trained}
+    roles = baseline_roles(list(arms.values()), "all")
+    assert roles == {"ce-lam1": "CE(all)", "control": "control", "ce-answer": "CE(answer)"}
+    assert {"focal-lam0.6", "sadl-lam0.6", "gdice-lam0.6", "lovasz-lam0.6"} < set(arms)
