@@ -91,6 +91,19 @@ def test_table_values_match_hand_computed_statistics(
     assert stats["lovasz-lam0.6"].versus_ce["iou"].difference == pytest.approx(
         0.5 * (lovasz.mean() - ce.mean())
     )
+    # Beside each difference, its MDE: four trained arms are compared with CE(all), a Holm family
+    # of 4, and the standard error comes from the seed, example and residual variances.
+    comparison = stats["lovasz-lam0.6"].versus["CE(all)"]
+    error = variance_components(lovasz - ce).standard_error
+    assert difference.standard_error == pytest.approx(error)
+    assert comparison.mde["exact_match"] == pytest.approx(minimum_detectable_effect(error, 4))
+    assert comparison.mde["exact_match"] != pytest.approx(minimum_detectable_effect(error, 1))
+    assert difference.p_value == pytest.approx(sign_flip_p_value(lovasz - ce))
+    # The base model is not tested in a family: its MDE is at 0.05.
+    base_error = variance_components(np.repeat(scores("base", [None]), 3, axis=0) - ce)
+    assert stats["base"].versus["CE(all)"].mde["exact_match"] == pytest.approx(
+        minimum_detectable_effect(base_error.standard_error, 1)
+    )
     assert stats["ce-lam1"].versus == {}  # CE(all) is the only baseline of this grid
     # The base model (one evaluation) is paired with every CE seed.
     base = scores("base", [None])
@@ -108,8 +121,17 @@ def test_table_values_match_hand_computed_statistics(
     assert f"| lovasz-lam0.6 | 3 | {per_seed} | {100 * lovasz.mean():.1f} [" in text
     assert "Relative gain over CE, as the paper reports it" in text
     assert "Why the relative gain misleads" in text
+    shown = (
+        f"| lovasz-lam0.6 | {100 * difference.difference:+.1f} [{100 * difference.low:+.1f}, "
+        f"{100 * difference.high:+.1f}] | {100 * comparison.mde['exact_match']:.1f} |"
+    )
+    assert shown in text
+    assert f"minimum detectable effect at that level: {100 * headline.mde:.1f}" in text
     saved = json.loads((root / "report.json").read_text())
     assert saved["groups"][0]["headline"]["best"] == "lovasz-lam0.6"
+    arms = {arm["arm"]: arm for arm in saved["groups"][0]["arms"]}
+    mde = arms["lovasz-lam0.6"]["versus"]["CE(all)"]["mde"]["exact_match"]
+    assert mde == pytest.approx(comparison.mde["exact_match"])
 
 
 def test_each_arm_meets_every_baseline_with_holm_across_arms(
@@ -281,43 +303,6 @@ def test_roscoe_scores_are_computed_once_and_feed_the_heatmap(
     (group,) = build_report(root, resamples=200).groups
     assert "correlations" in group.figures
     assert group.correlations["columns"] == ["faithfulness_step", "exact_match", "iou"]
-
-
-def test_each_difference_carries_its_minimum_detectable_effect(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = make_runs(tmp_path / "runs", tiny_model, monkeypatch, FakeRuns(RATES))
-    report = build_report(root, resamples=200)
-    (group,) = report.groups
-    stats = {s.arm: s for s in group.stats}
-    seeds = [0, 1, 2]
-    lovasz, ce = scores("lovasz-lam0.6", seeds), scores("ce-lam1", seeds)
-    comparison = stats["lovasz-lam0.6"].versus["CE(all)"]
-    error = variance_components(lovasz - ce).standard_error
-    # Four trained arms are compared with CE(all): a Holm family of 4.
-    assert comparison.mde["exact_match"] == pytest.approx(minimum_detectable_effect(error, 4))
-    assert comparison.mde["exact_match"] != pytest.approx(minimum_detectable_effect(error, 1))
-    assert comparison.differences["exact_match"].p_value == pytest.approx(
-        sign_flip_p_value(lovasz - ce)
-    )
-    # The base model is not tested in a family: its MDE is at 0.05.
-    base = stats["base"].versus["CE(all)"]
-    base_error = variance_components(np.repeat(scores("base", [None]), 3, axis=0) - ce)
-    assert base.mde["exact_match"] == pytest.approx(
-        minimum_detectable_effect(base_error.standard_error, 1)
-    )
-    text = report.path.read_text()
-    difference = comparison.differences["exact_match"]
-    shown = (
-        f"| lovasz-lam0.6 | {100 * difference.difference:+.1f} [{100 * difference.low:+.1f}, "
-        f"{100 * difference.high:+.1f}] | {100 * comparison.mde['exact_match']:.1f} |"
-    )
-    assert shown in text
-    assert f"minimum detectable effect at that level: {100 * group.headline.mde:.1f}" in text
-    saved = json.loads((root / "report.json").read_text())
-    arms = {arm["arm"]: arm for arm in saved["groups"][0]["arms"]}
-    mde = arms["lovasz-lam0.6"]["versus"]["CE(all)"]["mde"]["exact_match"]
-    assert mde == pytest.approx(comparison.mde["exact_match"])
 
 
 CHOICE_EXAMPLES = 40

@@ -87,6 +87,7 @@ def _p_text(value: float | None) -> str:
 SHORT = {"exact_match": "EM", "iou": "IoU", "acc": "acc", "acc_norm": "acc_norm"}
 COLLAPSED = "[collapsed]"
 BOTH_COLLAPSED = "[both collapsed]"
+COLLAPSED_PERCENT = f"{100 * COLLAPSE_THRESHOLD:g}"
 
 
 def _mde_text(value: float | None) -> str:
@@ -160,9 +161,7 @@ def baseline_caption(group: Group, stats: list[ArmStats], role: str) -> str:
     return f"against {role} ({'; '.join(shown)})"
 
 
-def answers_table(
-    report: GroupReport,
-) -> tuple[list[str], list[list[str]]]:
+def answers_table(report: GroupReport) -> tuple[list[str], list[list[str]]]:
     """One row per arm: what it answers. Multiple choice: the share of each letter over its
     seeds, then the most common letter of each seed; other tasks: each seed's most common final
     answer and how many distinct answers it gave. Then whether the arm is collapsed."""
@@ -426,17 +425,15 @@ def _how_to_read(resamples: int) -> list[str]:
         f"{DEFAULT_POWER:.0%} power at the level of Holm's first step (0.05 / the number of "
         "arms compared with that baseline; conservative for the others), from the observed "
         "seed, example and residual variance of the paired differences. A difference whose "
-        "p Holm is above 0.05 reads: no difference as large as the MDE was there to find; a "
-        "smaller one may be. docs/experiments.md explains how to read them.",
+        "p Holm is above 0.05 reads: a true difference as large as the MDE would have been "
+        "found 80% of the time, and none was; a smaller one may be there (the interval says "
+        "how small). docs/experiments.md explains how to read them.",
         "",
         f"Collapse: an arm is {COLLAPSED} when its most common final answer is more than "
         f"{COLLAPSED_PERCENT}% of a seed's predictions (mean over its seeds); "
         f"{BOTH_COLLAPSED} marks a comparison of two collapsed arms, which compares "
         "near-constant answers, not what the arms learned.",
     ]
-
-
-COLLAPSED_PERCENT = f"{100 * COLLAPSE_THRESHOLD:g}"
 
 
 def _answers_notes(report: GroupReport) -> list[str]:
