@@ -34,7 +34,8 @@ def example_scores(rate: float, arm: str, seed: int | None, examples: int) -> np
 
 class FakeRuns:
     """Counts calls; ``rates`` gives each arm's exact-match rate (default 0.3); ``fail`` names
-    arms whose training raises."""
+    arms whose training raises; ``prediction`` (arm, seed, example index) and ``reference``
+    (example index) give the texts written to predictions.jsonl (default "P" and "R")."""
 
     def __init__(
         self,
@@ -42,11 +43,15 @@ class FakeRuns:
         fail: Callable[[str], bool] = lambda arm: False,
         examples: int = EXAMPLES,
         roscoe: bool = False,
+        prediction: Callable[[str, int | None, int], str] = lambda arm, seed, index: "P",
+        reference: Callable[[int], str] = lambda index: "R",
     ) -> None:
         self.rates = rates or {}
         self.fail = fail
         self.examples = examples
         self.roscoe = roscoe
+        self.prediction = prediction
+        self.reference = reference
         self.trained: list[Path] = []
         self.evaluated: list[Path] = []
         self.configs: list[EvalConfig] = []  # how each was evaluated
@@ -102,12 +107,18 @@ class FakeRuns:
             if self.roscoe:
                 metrics["faithfulness_step"] = 0.6 + 0.3 * right + 0.01 * (index % 5)
                 metrics["info_chain"] = 0.7 - 0.01 * (index % 7)
-            record = {"id": f"arith/test/{index}", "prompt": "Q", "prediction": "P"}
-            records.append({**record, "reference": "R", "metrics": metrics})
+            prediction = self.prediction(arm, seed, index)
+            record = {"id": f"arith/test/{index}", "prompt": "Q", "prediction": prediction}
+            records.append({**record, "reference": self.reference(index), "metrics": metrics})
         folder.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(record) + "\n" for record in records)
         (folder / "predictions.jsonl").write_text(text)
-        settings = {"task": config.task, "split": config.split, "dtype": config.dtype}
+        settings = {
+            "task": config.task,
+            "task_options": config.task_options or {},
+            "split": config.split,
+            "dtype": config.dtype,
+        }
         (folder / "eval_config.json").write_text(json.dumps(settings))
         means = {name: float(np.mean([r["metrics"][name] for r in records])) for name in metrics}
         summary = {"n": len(records), "metrics": means, "throughput": {"seconds": 0.5}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,13 +10,19 @@ import pytest
 from scipy.stats import binomtest
 
 from seglm.stats import (
+    MONTE_CARLO_ERROR,
+    SIGN_FLIP_RESAMPLES,
+    VarianceComponents,
     bootstrap_mean,
     bootstrap_means,
+    exact_sign_flip,
     holm,
     mcnemar_exact,
+    minimum_detectable_effect,
     paired_difference,
     relative_gain,
     sign_flip_p_value,
+    variance_components,
 )
 
 
@@ -90,7 +97,7 @@ def test_paired_difference_finds_a_consistent_gain() -> None:
     result = paired_difference(better, baseline, resamples=2000)
     assert result.difference == pytest.approx(0.15)
     assert result.low > 0.1 and result.high < 0.2
-    assert result.p_value == pytest.approx(2 / 2001)  # no random sign flip reaches +15 points
+    assert result.p_value == pytest.approx(2 * 0.5**45)  # only all 45 flipped alike reach it
     reverse = paired_difference(baseline, better, resamples=2000)
     assert reverse.difference == pytest.approx(-0.15) and reverse.p_value == result.p_value
 
@@ -175,3 +182,149 @@ def test_bad_input_is_refused() -> None:
         bootstrap_mean([])
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_mean([1.0, 0.0], confidence=1.5)
+
+
+def test_exact_sign_flip_equals_brute_force_over_every_flip() -> None:
+    rng = np.random.default_rng(8)
+    for _ in range(100):
+        totals = rng.integers(-4, 5, rng.integers(1, 12))
+        flips = np.array(list(itertools.product([-1, 1], repeat=totals.size)))
+        brute = np.mean(np.abs(flips @ totals) >= abs(totals.sum()))
+        assert exact_sign_flip(totals) == pytest.approx(brute, abs=1e-12)
+    assert exact_sign_flip([0, 0]) == 1.0
+
+
+def test_sign_flip_p_value_is_exact_for_exact_match() -> None:
+    # 11 discordant examples of one seed, 6 against 5: every flip pattern gives |sum| >= 1.
+    differences = np.zeros(150)
+    differences[:6], differences[6:11] = 1.0, -1.0
+    assert sign_flip_p_value(differences) == 1.0
+    # One seed: the exact sign-flip p is McNemar's exact p. The old demo's focal arm against CE
+    # (10 against 12 discordant of 150) had p = 0.820 by Monte Carlo; exactly it is 0.832.
+    a, b = np.zeros(150), np.zeros(150)
+    a[:10], b[10:22] = 1.0, 1.0
+    assert sign_flip_p_value(a - b) == pytest.approx(binomtest(10, 22, 0.5).pvalue, abs=1e-12)
+    assert round(sign_flip_p_value(a - b), 3) == 0.832
+    # Three seeds: each example's seed-summed difference is an integer in -3..3.
+    rng = np.random.default_rng(9)
+    three = rng.integers(0, 2, (3, 10)) - rng.integers(0, 2, (3, 10))
+    sums = three.sum(axis=0)
+    flips = np.array(list(itertools.product([-1, 1], repeat=10)))
+    brute = np.mean(np.abs(flips @ sums) >= abs(sums.sum()))
+    assert sign_flip_p_value(three.astype(float)) == pytest.approx(brute, abs=1e-12)
+    # Same with a seed missing on one example (counts 3 and 2: scaled by 6).
+    three = three.astype(float)
+    three[0, 4] = np.nan
+    means = np.nanmean(three, axis=0)
+    brute = np.mean(np.abs(flips @ means) >= abs(means.sum()) - 1e-12)
+    assert sign_flip_p_value(three) == pytest.approx(brute, abs=1e-12)
+
+
+def test_sign_flip_p_value_of_continuous_scores_is_within_its_monte_carlo_error() -> None:
+    # 16 examples: 2^16 flips exceed the 10000 resamples, so the p-value is estimated.
+    per_example = np.random.default_rng(10).normal(0.15, 1.0, 16)
+    flips = np.array(list(itertools.product([-1, 1], repeat=16)))
+    brute = np.mean(np.abs(flips @ per_example) >= abs(per_example.sum()) - 1e-12)
+    assert SIGN_FLIP_RESAMPLES == 10000 and math.sqrt(0.25 / SIGN_FLIP_RESAMPLES) <= 0.005
+    estimate = sign_flip_p_value(per_example)
+    assert estimate != brute and estimate == pytest.approx(brute, abs=4 * MONTE_CARLO_ERROR)
+
+
+def test_variance_components_against_hand_computed_values() -> None:
+    # d[s, j] = seed shift + example shift + interaction: seed shifts +-0.1 (2 seeds), example
+    # shifts 0, 0.3, -0.3, and an interaction of +-0.05 that cancels within each row and column.
+    seed_shift = np.array([0.1, -0.1])[:, None]
+    example_shift = np.array([0.0, 0.3, -0.3])[None, :]
+    interaction = 0.05 * np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]])
+    components = variance_components(seed_shift + example_shift + interaction)
+    # MS_res = 4 x 0.05^2 / ((2-1)(3-1)) = 0.005; MS_seed = 3 x 0.02 = 0.06 -> (0.06-0.005)/3;
+    # MS_ex = 2 x 0.18 / 2 = 0.18 -> (0.18 - 0.005) / 2.
+    assert components.residual == pytest.approx(0.005)
+    assert components.seed == pytest.approx(0.055 / 3)
+    assert components.example == pytest.approx(0.0875)
+    assert components.standard_error == pytest.approx(
+        math.sqrt(0.055 / 3 / 2 + 0.0875 / 3 + 0.005 / 6)
+    )
+    # One seed: SE is the usual sd / sqrt(n); a negative estimate is clipped at 0.
+    one = variance_components([1.0, 0.0, 0.0, 1.0])
+    assert (one.seed, one.residual) == (0.0, 0.0)
+    assert one.standard_error == pytest.approx(np.std([1, 0, 0, 1], ddof=1) / 2)
+    assert variance_components([[1.0, 0.0], [1.0, 0.0]]).seed == 0.0
+    # An example with a NaN in any seed is left out.
+    with_nan = variance_components([[0.2, 1.0, np.nan], [0.0, 1.0, 5.0]])
+    assert with_nan.examples == 2 and with_nan.residual == pytest.approx(0.01)
+
+
+def test_minimum_detectable_effect_formula() -> None:
+    # Holm family of 2: z(1 - 0.0125) + z(0.8) = 2.2414 + 0.8416.
+    assert minimum_detectable_effect(0.01, family_size=2) == pytest.approx(0.03083, abs=1e-5)
+    assert minimum_detectable_effect(0.01) == pytest.approx(0.028016, abs=1e-5)
+    with pytest.raises(ValueError, match="family_size"):
+        minimum_detectable_effect(0.01, family_size=0)
+
+
+def _paired_exact_match(
+    rng: np.random.Generator, effect: float, seeds: int, examples: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two arms' 0/1 scores: on a share ACTIVE of the examples the arms disagree with chance
+    DISCORDANCE per seed, the favoured arm's share of disagreements varying by example (the
+    example effect) around what makes the mean difference ``effect``; elsewhere they agree."""
+    active = rng.random(examples) < ACTIVE
+    lean = effect / (ACTIVE * DISCORDANCE) + SPREAD * rng.choice([-1.0, 1.0], examples)
+    up, down = DISCORDANCE * (1 + lean) / 2, DISCORDANCE * (1 - lean) / 2
+    draw = rng.random((seeds, examples))
+    difference = np.where(draw < up, 1.0, np.where(draw < up + down, -1.0, 0.0)) * active
+    both_right = (rng.random((seeds, examples)) < 0.38).astype(float)
+    a = np.where(difference == 0, both_right, (difference == 1).astype(float))
+    return a, a - difference
+
+
+ACTIVE, DISCORDANCE, SPREAD = 0.2, 0.45, 0.25
+
+
+def _population_components(effect: float, seeds: int, examples: int) -> VarianceComponents:
+    """The variances of :func:`_paired_exact_match`'s differences: an example's mean difference
+    m is DISCORDANCE x lean on active examples, 0 elsewhere, and its variance over seeds
+    DISCORDANCE - m^2; no seed effect."""
+    mean_square = effect**2 / ACTIVE + ACTIVE * (DISCORDANCE * SPREAD) ** 2
+    return VarianceComponents(
+        0.0, mean_square - effect**2, ACTIVE * DISCORDANCE - mean_square, seeds, examples
+    )
+
+
+def test_an_effect_of_the_minimum_detectable_size_is_found_in_80_percent_of_grids() -> None:
+    """Simulated grids like the archived arith one (3 seeds x 150 problems; Lovász against the
+    control there: example variance 0.0157, residual 0.0709): at a true difference equal to the
+    MDE the function reports for the generating process (Holm family of 2), the report's decision
+    (sign-flip p < 0.05 / 2) rejects in about 80% of 400 grids: within +-0.08, four binomial
+    standard deviations (0.02). At half the MDE it rejects far less often (about 25%).
+
+    The generating process has no seed effect: the sign-flip test treats each example's mean over
+    seeds as the unit and does not see a shift that a seed gives every example, while the MDE
+    counts it; with no seed effect the two agree, which is what this checks."""
+    seeds, examples, family = 3, 150, 2
+    effect = 0.05
+    for _ in range(10):  # the process's variances depend on the effect: solve effect = MDE
+        components = _population_components(effect, seeds, examples)
+        effect = minimum_detectable_effect(components.standard_error, family)
+    assert components.example == pytest.approx(0.0157, abs=0.004)
+    assert components.residual == pytest.approx(0.0709, abs=0.006)
+    rng = np.random.default_rng(11)
+    level = 0.05 / family
+    estimated: dict[float, list[VarianceComponents]] = {}
+    for scale, low, high in ((1.0, 0.72, 0.88), (0.5, 0.0, 0.45)):
+        rejected = 0
+        for _ in range(400):
+            a, b = _paired_exact_match(rng, scale * effect, seeds, examples)
+            rejected += sign_flip_p_value(a - b) < level
+            estimated.setdefault(scale, []).append(variance_components(a - b))
+        assert low <= rejected / 400 <= high, (scale, rejected / 400)
+    # Estimated from one grid's data, the example and residual variances are unbiased (but for
+    # clipping at 0, rare at this effect). The seed variance, 0 here, is estimated from 2 degrees
+    # of freedom and clipped at 0, so on average it is positive and the estimated standard error
+    # (and MDE) about 10% too large: conservative.
+    found = estimated[1.0]
+    assert np.mean([c.example for c in found]) == pytest.approx(components.example, rel=0.1)
+    assert np.mean([c.residual for c in found]) == pytest.approx(components.residual, rel=0.05)
+    ratio = np.mean([c.standard_error for c in found]) / components.standard_error
+    assert 1.0 < ratio < 1.2

@@ -13,13 +13,22 @@ one arm is paired with seed s of the other: same data order, same evaluation set
 difference's interval is not inflated by how hard the examples are. Its p-value comes from a
 two-sided paired sign-flip permutation test (:data:`PAIRED_TEST`): under the null hypothesis the
 two arms are exchangeable on each example, so each example's difference (its mean over the seeds)
-is as likely positive as negative; the p-value is the share of random sign flips whose mean
-difference is at least as far from zero as the observed one. Examples are the independent units
-(every seed evaluated the same ones), so the seeds' correlation on an example is kept; the
+is as likely positive as negative; the p-value is the probability that random sign flips give a
+mean difference at least as far from zero as the observed one. Where every example's difference
+summed over its seeds is an integer (exact match), that probability is computed exactly, by
+convolution; otherwise it is estimated from :data:`SIGN_FLIP_RESAMPLES` random flips, enough for
+a Monte Carlo standard error of at most :data:`MONTE_CARLO_ERROR`. Examples are the independent
+units (every seed evaluated the same ones), so the seeds' correlation on an example is kept; the
 interval, not the test, carries the seed-to-seed noise. :func:`holm` corrects a family of p-values
 for multiple comparisons (Holm's step-down method). McNemar's exact test compares
 two binary metrics (exact match) on the same (seed, example) pairs: only the discordant pairs
 count, and under the null hypothesis each is equally likely to favour either arm.
+
+How large a difference a comparison could have seen: :func:`variance_components` splits the
+paired differences into a seed, an example and a residual variance (two-way analysis of variance),
+which give the difference's standard error over seeds and examples, and
+:func:`minimum_detectable_effect` turns it into the smallest true difference detected with 80%
+power at the level a comparison is tested at.
 """
 
 from __future__ import annotations
@@ -29,11 +38,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest, permutation_test
+from scipy.signal import convolve
+from scipy.stats import binom, binomtest, norm, permutation_test
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_CONFIDENCE = 0.95
+DEFAULT_ALPHA = 0.05
+DEFAULT_POWER = 0.8
 PAIRED_TEST = "paired sign-flip permutation test over examples"
+# The largest Monte Carlo standard error of a sign-flip p-value, sqrt(p (1 - p) / R), reached at
+# p = 0.5: R = 0.25 / 0.005^2 = 10000 random flips keep it at most 0.005.
+MONTE_CARLO_ERROR = 0.005
+SIGN_FLIP_RESAMPLES = math.ceil(0.25 / MONTE_CARLO_ERROR**2)
+# Integer sums are rounded from floats: a sum within this of an integer is that integer.
+_INTEGER_TOLERANCE = 1e-9
+# The exact test convolves once per distinct |difference|: at most this many (exact match over up
+# to 32 seeds) keeps it under a second for 10,000 examples; more go to Monte Carlo.
+EXACT_MAX_MAGNITUDES = 32
 # Bootstrap rows per chunk: bounds memory at chunk x examples floats whatever the resample count.
 _CHUNK = 256
 
@@ -51,8 +72,9 @@ class Estimate:
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Mean of ``a - b`` over paired cells, its bootstrap interval and the two-sided p-value of
-    the sign-flip permutation test (:data:`PAIRED_TEST`)."""
+    """Mean of ``a - b`` over paired cells, its bootstrap interval, the two-sided p-value of
+    the sign-flip permutation test (:data:`PAIRED_TEST`), and the standard error of the mean
+    over seeds and examples (:class:`VarianceComponents`)."""
 
     difference: float
     low: float
@@ -60,6 +82,29 @@ class PairedDifference:
     p_value: float
     seeds: int
     examples: int
+    standard_error: float
+
+
+@dataclass(frozen=True)
+class VarianceComponents:
+    """Paired differences ``[seeds, examples]`` as seed + example + residual: the variance of
+    the seeds' shifts (``seed``), of the examples' shifts (``example``) and of what is left
+    (``residual``, the seed-by-example interaction and the noise of a single evaluation)."""
+
+    seed: float
+    example: float
+    residual: float
+    seeds: int
+    examples: int
+
+    @property
+    def standard_error(self) -> float:
+        """The standard error of the mean difference over ``seeds`` seeds and ``examples``
+        examples, each drawn at random: sqrt(seed/S + example/n + residual/(S n))."""
+        seeds, examples = self.seeds, self.examples
+        return math.sqrt(
+            self.seed / seeds + self.example / examples + self.residual / (seeds * examples)
+        )
 
 
 @dataclass(frozen=True)
@@ -144,21 +189,27 @@ def bootstrap_mean(
 
 
 def sign_flip_p_value(
-    differences: object, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+    differences: object, resamples: int = SIGN_FLIP_RESAMPLES, seed: int = 0
 ) -> float:
     """Two-sided p-value of the paired sign-flip permutation test on ``differences``
     ``[seeds, examples]`` (``a - b``; NaN where either arm has no value): each example's mean
-    difference over its seeds keeps or flips its sign at random (all 2^n flips when that is at
-    most ``resamples``). Every difference zero gives 1; no finite difference gives NaN."""
+    difference over its seeds keeps or flips its sign at random. Exact (:func:`exact_sign_flip`)
+    when those means are integers after scaling by a common number of seeds (exact match) of
+    few distinct sizes; otherwise from ``resamples`` random flips (all 2^n flips when that is
+    at most ``resamples``). Every difference zero gives 1; no finite difference gives NaN."""
     matrix = as_matrix(differences, "differences")
     counts = np.isfinite(matrix).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_example = np.nansum(matrix, axis=0) / counts
-    per_example = per_example[counts > 0]
+    present = counts > 0
+    per_example = per_example[present]
     if per_example.size == 0:
         return float("nan")
     if not np.any(per_example):
         return 1.0
+    totals = _integer_totals(per_example, counts[present])
+    if totals is not None:
+        return exact_sign_flip(totals)
     result = permutation_test(
         (per_example,),
         lambda x, axis: np.mean(x, axis=axis),
@@ -171,6 +222,42 @@ def sign_flip_p_value(
     return float(min(1.0, result.pvalue))
 
 
+def _integer_totals(per_example: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+    """The per-example means times the least common multiple of the seed counts, when these
+    are all integers (they are for 0/1 scores) with at most :data:`EXACT_MAX_MAGNITUDES` distinct
+    sizes: flipping their signs is flipping the means'."""
+    scaled = per_example * np.lcm.reduce(counts.astype(np.int64))
+    rounded = np.rint(scaled)
+    if not np.allclose(scaled, rounded, rtol=0.0, atol=_INTEGER_TOLERANCE):
+        return None
+    if np.unique(np.abs(rounded[rounded != 0])).size > EXACT_MAX_MAGNITUDES:
+        return None
+    return rounded.astype(np.int64)
+
+
+def exact_sign_flip(totals: object) -> float:
+    """P(|T| >= |t|) for T = sum of ±x_j, each sign + or - with probability 1/2 independently,
+    and t = sum of x_j: the exact two-sided sign-flip p-value of integers ``totals``. Zeros drop
+    out; the distribution of T is the convolution over the distinct |x| (k copies of x move T by
+    x (2B - k), B binomial(k, 1/2))."""
+    values = np.abs(np.asarray(totals, dtype=np.int64).ravel())
+    observed = abs(int(np.sum(totals)))
+    values = values[values != 0]
+    if values.size == 0:
+        return 1.0
+    step = int(np.gcd.reduce(values))  # T lives on a lattice of this step: work on its points
+    values, observed = values // step, observed // step
+    distribution = np.ones(1)  # P(T = t) for t = -support .. support, support growing
+    for value, count in zip(*np.unique(values, return_counts=True), strict=True):
+        kernel = np.zeros(2 * value * count + 1)
+        kernel[:: 2 * value] = binom.pmf(np.arange(count + 1), count, 0.5)
+        # Long inputs are convolved by FFT, whose rounding can leave tiny negative values.
+        distribution = np.clip(convolve(distribution, kernel), 0.0, None)
+    support = (distribution.size - 1) // 2
+    outcomes = np.abs(np.arange(-support, support + 1))
+    return float(min(1.0, distribution[outcomes >= observed].sum()))
+
+
 def paired_difference(
     a: object,
     b: object,
@@ -179,8 +266,10 @@ def paired_difference(
     seed: int = 0,
 ) -> PairedDifference:
     """Mean of ``a - b`` (row s of ``a`` paired with row s of ``b``, column j with column j), its
-    percentile interval, resampling the same seeds and examples for both, and the p-value of the
-    paired sign-flip permutation test (:func:`sign_flip_p_value`)."""
+    percentile interval from ``resamples`` bootstrap draws, resampling the same seeds and
+    examples for both, the p-value of the paired sign-flip permutation test
+    (:func:`sign_flip_p_value`) and the standard error of the mean difference
+    (:func:`variance_components`)."""
     _check_resampling(resamples, confidence)
     first, second = as_matrix(a, "a"), as_matrix(b, "b")
     if first.shape != second.shape:
@@ -190,8 +279,66 @@ def paired_difference(
         )
     differences = first - second  # NaN where either arm has no value
     low, high = _interval(bootstrap_means(differences, resamples, seed), confidence)
-    p_value = sign_flip_p_value(differences, resamples, seed)
-    return PairedDifference(_mean(differences), low, high, p_value, first.shape[0], first.shape[1])
+    p_value = sign_flip_p_value(differences, seed=seed)
+    error = variance_components(differences).standard_error
+    return PairedDifference(
+        _mean(differences), low, high, p_value, first.shape[0], first.shape[1], error
+    )
+
+
+def variance_components(differences: object) -> VarianceComponents:
+    """The seed, example and residual variances of paired differences ``[seeds, examples]``,
+    estimated by the two-way analysis of variance without replication (method of moments):
+    with mean squares MS_seed, MS_example and MS_residual, E[MS_residual] = residual,
+    E[MS_example] = residual + S example and E[MS_seed] = residual + n seed; negative
+    estimates are set to 0. Examples with a NaN in any seed are left out. With one seed there is
+    no seed variance to estimate: ``seed`` is 0, ``residual`` is 0 and ``example`` is the
+    variance of the differences, so the standard error is the usual sqrt(var / n). Fewer than
+    two examples give NaN."""
+    matrix = as_matrix(differences, "differences")
+    matrix = matrix[:, np.isfinite(matrix).all(axis=0)]
+    seeds, examples = matrix.shape
+    if examples < 2:
+        return VarianceComponents(math.nan, math.nan, math.nan, seeds, examples)
+    if seeds == 1:
+        return VarianceComponents(0.0, float(np.var(matrix, ddof=1)), 0.0, 1, examples)
+    seed_means, example_means = matrix.mean(axis=1), matrix.mean(axis=0)
+    grand = matrix.mean()
+    seed_square = examples * np.sum((seed_means - grand) ** 2) / (seeds - 1)
+    example_square = seeds * np.sum((example_means - grand) ** 2) / (examples - 1)
+    residuals = matrix - seed_means[:, None] - example_means[None, :] + grand
+    residual = float(np.sum(residuals**2) / ((seeds - 1) * (examples - 1)))
+    return VarianceComponents(
+        max(0.0, float(seed_square - residual) / examples),
+        max(0.0, float(example_square - residual) / seeds),
+        residual,
+        seeds,
+        examples,
+    )
+
+
+def minimum_detectable_effect(
+    standard_error: float,
+    family_size: int = 1,
+    alpha: float = DEFAULT_ALPHA,
+    power: float = DEFAULT_POWER,
+) -> float:
+    """The smallest true difference that a two-sided test at level ``alpha / family_size``
+    detects with probability ``power``, for a mean difference with this standard error and a
+    normal distribution: (z(1 - alpha / (2 m)) + z(power)) x SE, m = ``family_size``.
+
+    For a comparison in a Holm family of m, alpha / m is the level of Holm's first (strictest)
+    step, so the effect is conservative for every comparison but the family's smallest p.
+    ``standard_error`` should carry the seed variance (:class:`VarianceComponents`). The
+    sign-flip test does not (it treats a shift that one seed gives every example as signal), so
+    where seeds vary it rejects an effect this large more often than ``power`` says, and a true
+    null more often than ``alpha`` says."""
+    if family_size < 1:
+        raise ValueError(f"family_size must be >= 1, got {family_size}")
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha} and {power}")
+    level = alpha / family_size
+    return float((norm.ppf(1 - level / 2) + norm.ppf(power)) * standard_error)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

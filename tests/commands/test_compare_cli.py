@@ -14,7 +14,7 @@ from train._helpers import save_tiny_model
 from typer.testing import CliRunner
 
 from seglm.cli import app
-from seglm.commands.demo import change_from_base, demo_grid
+from seglm.commands.demo import change_from_base, demo_grid, verdicts
 from seglm.report import build_report
 
 runner = CliRunner(env={"COLUMNS": "240"})  # room for the wide tables
@@ -153,6 +153,9 @@ def test_report_refuses_a_folder_without_finished_cells(tmp_path: Path) -> None:
 def test_demo_grid_scales_with_its_options() -> None:
     grid = demo_grid("ce,lovasz", "2", train_size=64, eval_size=10)
     assert grid.losses == ["ce", "lovasz"] and grid.seeds == [0, 1] and grid.base
+    # The weighting control at λ = 0.6 runs next to CE(all) and the loss.
+    assert grid.arms == {"control": "ce=0.6,ce@answer=0.4"} and grid.lambdas == [0.6]
+    assert [c.arm for c in grid.cells() if c.seed == 0] == ["ce-lam1", "control", "lovasz-lam0.6"]
     assert grid.train["preset"] == "demo"
     assert grid.train["task_options"]["train_size"] == 64
     assert grid.eval.limit == 10 and grid.eval.split == "test"
@@ -171,6 +174,28 @@ def test_demo_states_the_change_from_the_untrained_model(
     assert line.endswith("lovasz-lam0.6 100.0%")
 
 
+def test_demo_ends_with_each_loss_against_the_control(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    FakeRuns({"ce-lam1": 0.3, "control": 0.3, "lovasz-lam0.6": 0.3}).install(monkeypatch)
+    out = tmp_path / "runs"
+    flags = ["--model", str(tiny_model), "--losses", "ce,lovasz", "--out", str(out)]
+    assert compare(*flags, "--arm", "control:ce=0.6,ce@answer=0.4").exit_code == 0
+    report = build_report(out, resamples=100)
+    (line,) = verdicts(report)
+    (group,) = report.groups
+    lovasz = next(s for s in group.stats if s.arm == "lovasz-lam0.6").versus["control"]
+    difference, mde = lovasz.differences["exact_match"], lovasz.mde["exact_match"]
+    assert line.startswith(
+        f"lovasz-lam0.6 against the control (control), exact match: "
+        f"{100 * difference.difference:+.1f} [{100 * difference.low:+.1f}, "
+        f"{100 * difference.high:+.1f}] points, MDE {100 * mde:.1f}: "
+    )
+    # One seed of 40 examples, a family of one: MDE = 2.80 x sd / sqrt(40).
+    assert mde == pytest.approx(2.8016 * difference.standard_error, rel=1e-4)
+    assert ("no detectable difference" in line) == (lovasz.holm["exact_match"] >= 0.05)
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_with_the_real_model(tmp_path: Path) -> None:
     out = tmp_path / "demo"
@@ -182,9 +207,12 @@ def test_demo_end_to_end_with_the_real_model(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     text = plain(result.output)
     assert "base" in text and "ce-lam1" in text and "lovasz-lam0.6" in text
+    assert "against control" in text
     assert f"report: {out / 'report.md'}" in text
     assert "exact match, untrained model" in text
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("lovasz-lam0.6 against the control (control), exact match: ")
     rows = json.loads((out / "summary.json").read_text())["cells"]
-    assert [row["status"] for row in rows] == ["finished"] * 3
+    assert [row["status"] for row in rows] == ["finished"] * 4
     assert all(row["n"] == 4 for row in rows)
     assert sorted(p.name for p in (out / "figures").iterdir())[0].endswith(".png")

@@ -27,6 +27,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
         seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+        data_dir: Annotated[
+            Path | None,
+            typer.Option(
+                help="Folder with the task's data files, for the training split's most common "
+                "answer (multiple choice; default: $SEGLM_DATA_DIR, else the hub)."
+            ),
+        ] = None,
         roscoe: Annotated[
             bool,
             typer.Option(
@@ -36,7 +43,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Tables with 95% intervals and paired tests against CE, and figures."""
+        """Tables with 95% intervals, paired tests against each baseline with the smallest
+        difference they could detect, collapsed arms, and figures."""
         from seglm.experiments import GridError
         from seglm.grid_roscoe import score_roscoe
         from seglm.report import build_report
@@ -44,7 +52,7 @@ def register(app: typer.Typer) -> None:
         try:
             if roscoe:
                 score_roscoe(runs)
-            report = build_report(runs, out, resamples=resamples, seed=seed)
+            report = build_report(runs, out, resamples=resamples, seed=seed, data_dir=data_dir)
         except GridError as error:
             Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
             raise typer.Exit(1) from None
@@ -56,29 +64,30 @@ LOG_WIDTH = 160
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
-    """The tables of each (task, model) (estimates, then each arm against each baseline), the
-    headline statistic and the report's path."""
+    """The tables of each group (estimates, answers, then each arm against each baseline, with
+    collapsed arms marked), the best constant answer, the headline statistic and the report's
+    path."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from seglm.report import BASELINES, comparison_table, estimate_table, headline_text
+    from seglm.report import group_tables, headline_text
+    from seglm.report.render import constant_text
 
     console = console or Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = LOG_WIDTH
     for group_report in report.groups:
-        group, stats = group_report.group, group_report.stats
-        title = f"{group.task} / {group.model}: {len(group.ids)} examples per cell"
-        tables = [(title, estimate_table(group, stats))]
-        for role in BASELINES:
-            found = comparison_table(group, stats, role)
-            if found is not None:
-                tables.append((f"against {role}", found))
-        for caption, (header, rows) in tables:
-            table = Table(title=caption)
-            for index, name in enumerate(header):
-                table.add_column(name, no_wrap=index == 0)
-            for row in rows:
-                table.add_row(*row)
+        for found in group_tables(group_report):
+            table = Table(title=escape(found.caption))
+            for index, name in enumerate(found.header):
+                table.add_column(escape(name), no_wrap=index == 0)
+            for row in found.rows:  # "[collapsed]" is text, not Rich markup
+                table.add_row(*(escape(cell.replace("**", "")) for cell in row))
             console.print(table)
+        collapsed = ", ".join(group_report.collapsed) or "none"
+        console.print(f"collapsed arms: {collapsed}", highlight=False)
+        if group_report.constant is not None:
+            text = constant_text(group_report.constant, len(group_report.group.ids))
+            console.print(text.replace("`", ""), highlight=False)
         console.print(headline_text(group_report.headline).replace("**", "").replace("`", ""))
     console.print(f"report: {report.path}", highlight=False)

@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib, Agg): one PNG per kind and (task, model)."""
+"""The report's figures (matplotlib, Agg): one PNG per kind and (task, model, training size),
+and one per (task, model) against the training size. Collapsed arms are marked in each."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from seglm.experiments import (
     BASE,
     CE,
 )
+from seglm.report.answers import ConstantAnswer
 from seglm.report.load import (
     CE_ALL,
     CE_ANSWER,
@@ -34,6 +36,11 @@ from seglm.stats import (
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from seglm.report.render import GroupReport
+
+COLLAPSED_HATCH = "///"
+SIZE_METRICS = ("exact_match", "iou")
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -74,6 +81,11 @@ def _colours(group: Group) -> dict[str, Any]:
     return colours
 
 
+def _names(stats: Sequence[ArmStats]) -> dict[str, str]:
+    """Each arm's name in a figure: ``(collapsed)`` added to a collapsed arm's."""
+    return {s.arm: f"{s.arm} (collapsed)" if s.collapsed else s.arm for s in stats}
+
+
 def _whiskers(estimates: Sequence[Estimate | None]) -> np.ndarray:
     """Error-bar lengths in percent below and above each mean (0 where there is no estimate)."""
     below = [e.mean - e.low if e else 0.0 for e in estimates]
@@ -87,17 +99,22 @@ def _percent_axis(axes: Axes, label: str) -> None:
     axes.grid(axis="y", alpha=0.3)
 
 
-def plot_main_metrics(group: Group, stats: list[ArmStats], path: Path) -> bool:
+def plot_main_metrics(
+    group: Group, stats: list[ArmStats], path: Path, constant: ConstantAnswer | None = None
+) -> bool:
+    """Bars per arm and metric; for multiple choice, the best constant answer's exact match as
+    a dotted line."""
     metrics = [m for m in MAIN_METRICS if any(m in s.estimates for s in stats)]
     figure = _figure(4.2 * len(metrics) + 0.6, 4.2)
-    colours = _colours(group)
+    colours, names = _colours(group), _names(stats)
     for axes, metric in zip(
         figure.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True
     ):
         shown = [s for s in stats if metric in s.estimates]
         for position, s in enumerate(shown):
             estimate = s.estimates[metric]
-            axes.bar(position, 100 * estimate.mean, color=colours[s.arm])
+            hatch = COLLAPSED_HATCH if s.collapsed else None
+            axes.bar(position, 100 * estimate.mean, color=colours[s.arm], hatch=hatch)
             axes.errorbar(
                 position, 100 * estimate.mean, yerr=_whiskers([estimate]), color="black", capsize=4
             )
@@ -111,12 +128,20 @@ def plot_main_metrics(group: Group, stats: list[ArmStats], path: Path) -> bool:
                 zorder=3,
                 label="one seed" if position == 0 else None,
             )
-        axes.set_xticks(range(len(shown)), [s.arm for s in shown], rotation=30, ha="right")
+        if metric == "exact_match" and constant is not None and constant.estimate is not None:
+            axes.axhline(
+                100 * constant.estimate.mean,
+                color="black",
+                linestyle=":",
+                label=f"constant answer {constant.answer}",
+            )
+        axes.set_xticks(range(len(shown)), [names[s.arm] for s in shown], rotation=30, ha="right")
         axes.set_xlabel("arm (loss-lamλ, λ = weight of CE)")
         _percent_axis(axes, LABELS[metric])
         axes.set_title(f"{LABELS[metric]}: mean, 95% CI")
+        axes.set_ylim(top=axes.get_ylim()[1] * 1.2)  # room for the legend above the bars
         axes.legend(loc="upper left", fontsize="small")
-    figure.suptitle(f"{group.task} / {group.model}, {len(group.ids)} test examples")
+    figure.suptitle(f"{group.title}, {len(group.ids)} test examples")
     figure.savefig(path)
     return True
 
@@ -139,18 +164,24 @@ def plot_lambda_sweep(group: Group, stats: list[ArmStats], path: Path) -> bool:
         figure.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True
     ):
         for loss, arms in swept.items():
-            points = [(a.lam, by_arm[a.name].estimates.get(metric)) for a in arms]
-            if ce is not None and metric in ce.estimates:
-                points.append((1.0, ce.estimates[metric]))
-            points = [(lam, e) for lam, e in points if e is not None]
+            points = [(a.lam, by_arm[a.name]) for a in arms]
+            if ce is not None:
+                points.append((1.0, ce))
+            points = [(lam, s) for lam, s in points if metric in s.estimates]
+            colour = LOSS_COLOURS.get(loss, "#9467bd")
             axes.errorbar(
                 [lam for lam, _ in points],
-                [100 * e.mean for _, e in points],
-                yerr=_whiskers([e for _, e in points]),
+                [100 * s.estimates[metric].mean for _, s in points],
+                yerr=_whiskers([s.estimates[metric] for _, s in points]),
                 marker="o",
                 capsize=3,
-                color=LOSS_COLOURS.get(loss, "#9467bd"),
+                color=colour,
                 label=f"CE + {loss}",
+            )
+            _mark_collapsed(
+                axes,
+                [(lam, 100 * s.estimates[metric].mean) for lam, s in points if s.collapsed],
+                colour,
             )
         if ce is not None and metric in ce.estimates:
             axes.axhline(
@@ -164,18 +195,20 @@ def plot_lambda_sweep(group: Group, stats: list[ArmStats], path: Path) -> bool:
         _percent_axis(axes, LABELS[metric])
         axes.set_title(f"{LABELS[metric]} against λ (mean, 95% CI)")
         axes.legend(fontsize="small")
-    figure.suptitle(f"λ sweep: {group.task} / {group.model}")
+    figure.suptitle(f"λ sweep: {group.title}")
     figure.savefig(path)
     return True
 
 
-def plot_error_types(group: Group, path: Path, resamples: int, seed: int) -> bool:
+def plot_error_types(
+    group: Group, stats: list[ArmStats], path: Path, resamples: int, seed: int
+) -> bool:
     arms = [a for a in group.arms.values() if any(t in a.values for t in ERROR_TYPES)]
     if not arms:
         return False
     figure = _figure(min(16.0, max(9.0, 3.0 + 0.3 * len(ERROR_TYPES) * len(arms))), 4.6)
     axes = figure.subplots()
-    colours = _colours(group)
+    colours, names = _colours(group), _names(stats)
     width = 0.8 / len(arms)
     for index, arm in enumerate(arms):
         estimates = [
@@ -190,12 +223,13 @@ def plot_error_types(group: Group, path: Path, resamples: int, seed: int) -> boo
             yerr=_whiskers(estimates),
             capsize=2,
             color=colours[arm.name],
-            label=arm.name,
+            hatch=COLLAPSED_HATCH if names[arm.name] != arm.name else None,
+            label=names[arm.name],
         )
     axes.set_xticks(range(len(ERROR_TYPES)), [LABELS[t].replace(" ", "\n") for t in ERROR_TYPES])
     axes.set_xlabel("error type (docs/metrics.md defines each rate)")
     _percent_axis(axes, "mean rate per example")
-    axes.set_title(f"Reasoning-step errors per arm (mean, 95% CI)\n{group.task} / {group.model}")
+    axes.set_title(f"Reasoning-step errors per arm (mean, 95% CI)\n{group.title}")
     axes.legend(fontsize="small", title="arm", loc="upper left", bbox_to_anchor=(1.01, 1))
     figure.savefig(path)
     return True
@@ -227,10 +261,11 @@ def _loss_components(arms: Sequence[Arm]) -> list[str]:
     return sorted(found, key=lambda name: (name != CE, name))
 
 
-def plot_training_curves(group: Group, path: Path) -> bool:
+def plot_training_curves(group: Group, stats: list[ArmStats], path: Path) -> bool:
     trained = [a for a in group.arms.values() if a.loss != BASE and any(a.logs)]
     if not trained:
         return False
+    names = _names(stats)
     keys = ["loss", *(f"loss_{c}" for c in _loss_components(trained))]
     columns = min(3, len(keys))
     rows = math.ceil(len(keys) / columns)
@@ -241,7 +276,7 @@ def plot_training_curves(group: Group, path: Path) -> bool:
         for arm in trained:
             curve = _curves(arm.logs, key)
             if curve is not None:
-                axes.plot(*curve, color=colours[arm.name], label=arm.name, linewidth=1.3)
+                axes.plot(*curve, color=colours[arm.name], label=names[arm.name], linewidth=1.3)
         title = "total objective" if key == "loss" else f"{key[5:]} term (unweighted)"
         axes.set_title(title)
         axes.set_xlabel("optimiser step")
@@ -251,7 +286,92 @@ def plot_training_curves(group: Group, path: Path) -> bool:
         axes.set_visible(False)
     handles, labels = panels[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside right upper", fontsize="small", title="arm")
-    figure.suptitle(f"Training curves per loss term: {group.task} / {group.model}")
+    figure.suptitle(f"Training curves per loss term: {group.title}")
+    figure.savefig(path)
+    return True
+
+
+def _mark_collapsed(axes: Axes, points: Sequence[tuple[float, float]], colour: Any) -> None:
+    """A cross over each collapsed arm's point (labelled once per axes)."""
+    if not points:
+        return
+    labelled = any(h.get_label() == "collapsed" for h in axes.collections)
+    axes.scatter(
+        [x for x, _ in points],
+        [y for _, y in points],
+        marker="x",
+        s=90,
+        color=colour,
+        linewidths=2,
+        zorder=4,
+        label=None if labelled else "collapsed",
+    )
+
+
+def plot_training_sizes(reports: Sequence[GroupReport], path: Path) -> bool:
+    """Exact match and IoU against the number of training examples, one line per arm, for one
+    (task, model) that ran at several sizes; the untrained model is a dashed line."""
+    sized = sorted(
+        (r for r in reports if r.group.train_size is not None),
+        key=lambda r: r.group.train_size or 0,
+    )
+    if len(sized) < 2:
+        return False
+    metrics = [m for m in SIZE_METRICS if any(m in s.estimates for r in sized for s in r.stats)]
+    by_arm: dict[str, list[tuple[int, ArmStats]]] = defaultdict(list)
+    colours: dict[str, Any] = {}
+    for report in sized:
+        colours.update(_colours(report.group))
+        for s in report.stats:
+            if s.arm != BASE:
+                by_arm[s.arm].append((report.group.train_size or 0, s))
+    base = next((s for s in sized[-1].stats if s.arm == BASE), None)
+    sizes = [r.group.train_size or 0 for r in sized]
+    figure = _figure(5.2 * len(metrics) + 1.8, 4.2)
+    panels = figure.subplots(1, len(metrics), squeeze=False)[0]
+    for axes, metric in zip(panels, metrics, strict=True):
+        for rank, (arm, found) in enumerate(by_arm.items()):
+            points = [(size, s) for size, s in found if metric in s.estimates]
+            estimates = [s.estimates[metric] for _, s in points]
+            # Arms side by side around each size (a few percent apart on the log axis), so
+            # that their intervals do not hide each other.
+            dodge = 1 + 0.025 * (rank - (len(by_arm) - 1) / 2)
+            points = [(size * dodge, s) for size, s in points]
+            axes.errorbar(
+                [size for size, _ in points],
+                [100 * e.mean for e in estimates],
+                yerr=_whiskers(estimates),
+                marker="o",
+                capsize=3,
+                color=colours[arm],
+                label=arm,
+            )
+            _mark_collapsed(
+                axes,
+                [
+                    (size, 100 * e.mean)
+                    for (size, s), e in zip(points, estimates, strict=True)
+                    if s.collapsed
+                ],
+                colours[arm],
+            )
+        if base is not None and metric in base.estimates:
+            axes.axhline(
+                100 * base.estimates[metric].mean,
+                color=LOSS_COLOURS[BASE],
+                linestyle="--",
+                label="untrained model",
+            )
+        axes.set_xscale("log")
+        axes.set_xticks(sizes, [str(size) for size in sizes])
+        axes.minorticks_off()
+        axes.set_xlabel("training examples (log scale)")
+        _percent_axis(axes, LABELS[metric])
+        axes.set_title(f"{LABELS[metric]} against training size (mean, 95% CI)")
+    handles, labels = panels[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize="small", title="arm")
+    group = sized[0].group
+    figure.suptitle(f"{group.task} / {group.model}: {len(group.ids)} test examples per cell")
     figure.savefig(path)
     return True
 

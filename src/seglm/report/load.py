@@ -1,5 +1,6 @@
 """Reading a runs folder for the report: the finished cells of each arm, paired by seed and
-example, and which arms are the baselines."""
+example, and which arms are the baselines. A grid with training sizes gives one group per size,
+each with the untrained model."""
 
 from __future__ import annotations
 
@@ -81,23 +82,39 @@ class Arm:
     spec: str | None = None
     seeds: list[int | None] = field(default_factory=list)
     values: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> [seeds, examples]
+    predictions: list[list[str]] = field(default_factory=list)  # per seed: each example's text
     logs: list[list[dict[str, Any]]] = field(default_factory=list)  # per seed: log events
     records: list[dict[str, Any]] = field(default_factory=list)  # per-example scores, pooled
 
 
 @dataclass
 class Group:
-    """Every finished arm of one (task, model), on the same examples."""
+    """Every finished arm of one (task, model, training size), on the same examples;
+    ``evaluation`` is the cells' eval_config.json (task, task options, split, ...)."""
 
     task: str
     model: str
     ids: list[str]
     arms: dict[str, Arm]
     roles: dict[str, str] = field(default_factory=dict)  # arm name -> baseline it is, if any
+    train_size: int | None = None
+    references: list[str] = field(default_factory=list)  # each example's reference answer
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
-        return f"{self.task}-{model_slug(self.model)}"
+        return figure_slug(self.task, self.model, self.train_size)
+
+    @property
+    def title(self) -> str:
+        size = "" if self.train_size is None else f", {self.train_size} training examples"
+        return f"{self.task} / {self.model}{size}"
+
+
+def figure_slug(task: str, model: str, train_size: int | None = None) -> str:
+    """The start of a figure's file name: ``arith-smollm2-135m-instruct-n160``."""
+    size = "" if train_size is None else f"-n{train_size}"
+    return f"{task}-{model_slug(model)}{size}"
 
 
 def read_cell_predictions(folder: Path) -> list[dict[str, Any]]:
@@ -144,8 +161,9 @@ def _check_same_evaluation(cells: Sequence[tuple[Cell, Path]]) -> None:
 
 
 def load_groups(root: Path) -> list[Group]:
-    """Every (task, model) with at least one finished cell; refuses cells that were evaluated
-    on different examples or settings."""
+    """Every (task, model, training size) with at least one finished cell, the untrained
+    model's cell in each size's group; refuses cells that were evaluated on different examples
+    or settings."""
     grid = read_grid_file(root)
     cells = finished_cells(root, grid_cells(grid))
     if not cells:
@@ -154,13 +172,20 @@ def load_groups(root: Path) -> list[Group]:
             "`seglm compare` first, or see summary.csv for failed cells"
         )
     ce_scope = str(grid.get("train", {}).get("ce_scope", "all"))
-    by_group: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    bases: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    trained: dict[tuple[str, str, int | None], list[Cell]] = defaultdict(list)
     for cell in cells:
-        by_group[(cell.task, cell.model)].append(cell)
-    return [
-        _load_group(root, task, model, members, ce_scope)
-        for (task, model), members in by_group.items()
-    ]
+        if cell.is_base:
+            bases[(cell.task, cell.model)].append(cell)
+        else:
+            trained[(cell.task, cell.model, cell.train_size)].append(cell)
+    groups = []
+    for pair in dict.fromkeys((cell.task, cell.model) for cell in cells):
+        # Only the untrained model finished: a group of its own.
+        keys = [key for key in trained if key[:2] == pair] or [(*pair, None)]
+        for key in keys:
+            groups.append(_load_group(root, key, bases[pair] + trained[key], ce_scope))
+    return groups
 
 
 def baseline_roles(arms: Sequence[Arm], ce_scope: str) -> dict[str, str]:
@@ -185,16 +210,21 @@ def ce_all_weight(arm: Arm, ce_scope: str) -> float | None:
     return None if arm.spec is None else LossSpec.parse(arm.spec).ce_all_weight(ce_scope)
 
 
-def _load_group(root: Path, task: str, model: str, cells: list[Cell], ce_scope: str) -> Group:
+def _load_group(
+    root: Path, key: tuple[str, str, int | None], cells: list[Cell], ce_scope: str
+) -> Group:
+    task, model, train_size = key
     folders = [(cell, root / cell.relative_dir) for cell in cells]
     _check_same_evaluation(folders)
     ids: list[str] | None = None
+    references: list[str] = []
     arms: dict[str, Arm] = {}
     for cell, folder in folders:
         records = read_cell_predictions(folder)
         cell_ids = [record["id"] for record in records]
         if ids is None:
             ids, first = cell_ids, cell
+            references = [str(record.get("reference", "")) for record in records]
         elif cell_ids != ids:
             raise GridError(
                 f"cells {first.relative_dir} ({len(ids)} examples) and {cell.relative_dir} "
@@ -208,7 +238,17 @@ def _load_group(root: Path, task: str, model: str, cells: list[Cell], ce_scope: 
     for arm in arms.values():
         arm.lam = ce_all_weight(arm, ce_scope) if arm.lam is None and arm.spec else arm.lam
     ordered = sorted(arms.values(), key=lambda arm: _arm_order(arm, roles))
-    return Group(task, model, ids, {arm.name: arm for arm in ordered}, roles)
+    evaluation = read_json(folders[0][1] / EVAL_SETTINGS_FILE) or {}
+    return Group(
+        task,
+        model,
+        ids,
+        {arm.name: arm for arm in ordered},
+        roles,
+        train_size,
+        references,
+        evaluation,
+    )
 
 
 def _add_seed(arm: Arm, cell: Cell, folder: Path, records: list[dict[str, Any]]) -> None:
@@ -221,6 +261,7 @@ def _add_seed(arm: Arm, cell: Cell, folder: Path, records: list[dict[str, Any]])
     for name in set(arm.values) - names:
         arm.values[name] = np.vstack([arm.values[name], np.full((1, len(records)), np.nan)])
     arm.seeds.append(cell.seed)
+    arm.predictions.append([str(record.get("prediction", "")) for record in records])
     arm.logs.append(_read_log(folder))
     roscoe = _read_roscoe_file(folder)
     for record in records:

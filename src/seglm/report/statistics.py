@@ -1,16 +1,18 @@
-"""Each arm's estimates and its paired comparisons with every baseline (seglm.stats)."""
+"""Each arm's estimates, its answers, and its paired comparisons with every baseline, each with
+the smallest difference it could detect (seglm.stats)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from seglm.experiments import (
     BASE,
 )
+from seglm.report.answers import AnswerDistribution, answer_distribution
 from seglm.report.load import BASELINES, CE_ALL, CONTROL, MAIN_METRICS, Arm, Group
 from seglm.stats import (
     Estimate,
@@ -19,6 +21,7 @@ from seglm.stats import (
     bootstrap_mean,
     holm,
     mcnemar_exact,
+    minimum_detectable_effect,
     paired_difference,
     relative_gain,
 )
@@ -32,6 +35,8 @@ class Comparison:
     differences: dict[str, PairedDifference]  # per main metric
     holm: dict[str, float | None]  # per metric: p corrected across the arms of this baseline
     mcnemar: McNemar | None  # exact match
+    # Per metric: the smallest true difference detected with 80% power at 0.05 / (Holm family).
+    mde: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,6 +46,11 @@ class ArmStats:
     examples: int
     estimates: dict[str, Estimate]  # per main metric
     versus: dict[str, Comparison]  # per baseline role (CE(all), ...) other than the arm itself
+    answers: AnswerDistribution
+
+    @property
+    def collapsed(self) -> bool:
+        return self.answers.collapsed
 
     @property
     def versus_ce(self) -> dict[str, PairedDifference]:
@@ -103,7 +113,7 @@ def _compare(
     return Comparison(baseline.name, differences, {}, mcnemar)
 
 
-def arm_stats(group: Group, resamples: int, seed: int) -> list[ArmStats]:
+def arm_stats(group: Group, answer_format: str, resamples: int, seed: int) -> list[ArmStats]:
     metrics = group_metrics(group)
     results = []
     for arm in group.arms.values():
@@ -117,21 +127,35 @@ def arm_stats(group: Group, resamples: int, seed: int) -> list[ArmStats]:
             baseline = baseline_for(group, arm, role)
             if baseline is not None:
                 versus[role] = _compare(arm, baseline, metrics, resamples, seed)
-        results.append(ArmStats(arm.name, len(arm.seeds), len(group.ids), estimates, versus))
+        answers = answer_distribution(arm, answer_format)
+        results.append(
+            ArmStats(arm.name, len(arm.seeds), len(group.ids), estimates, versus, answers)
+        )
     _correct_for_multiple_comparisons(results, metrics)
     return results
 
 
 def _correct_for_multiple_comparisons(results: list[ArmStats], metrics: Sequence[str]) -> None:
     """Holm across the trained arms compared with one baseline, per baseline and metric (the
-    base model's comparison is shown, not tested)."""
+    base model's comparison is shown, not tested), and each comparison's minimum detectable
+    effect at the level of Holm's first step in its family (the base model's: at 0.05)."""
     for role in BASELINES:
         family = [s for s in results if role in s.versus and s.arm != BASE]
         for metric in metrics:
             found = [s.versus[role].differences.get(metric) for s in family]
             corrected = holm([d.p_value if d else None for d in found])
+            size = sum(p is not None for p in corrected)
             for member, p_value in zip(family, corrected, strict=True):
                 member.versus[role].holm[metric] = p_value
+            for member in results:
+                comparison = member.versus.get(role)
+                difference = comparison.differences.get(metric) if comparison else None
+                if comparison is None or difference is None:
+                    continue
+                tested = member.arm != BASE and np.isfinite(difference.p_value)
+                comparison.mde[metric] = minimum_detectable_effect(
+                    difference.standard_error, size if tested else 1
+                )
 
 
 @dataclass
@@ -145,6 +169,7 @@ class Headline:
     relative: float | None
     absolute: PairedDifference | None
     p_bonferroni: float | None
+    mde: float | None  # at the Bonferroni level 0.05 / compared
 
 
 def headline(stats: list[ArmStats], roles: dict[str, str]) -> Headline | None:
@@ -157,6 +182,7 @@ def headline(stats: list[ArmStats], roles: dict[str, str]) -> Headline | None:
     best = max(candidates, key=lambda s: s.estimates["exact_match"].mean)
     absolute = best.versus_ce.get("exact_match")
     p_bonferroni = min(1.0, absolute.p_value * len(candidates)) if absolute else None
+    mde = minimum_detectable_effect(absolute.standard_error, len(candidates)) if absolute else None
     ce_em, best_em = ce.estimates["exact_match"].mean, best.estimates["exact_match"].mean
     return Headline(
         best.arm,
@@ -166,4 +192,5 @@ def headline(stats: list[ArmStats], roles: dict[str, str]) -> Headline | None:
         relative_gain(best_em, ce_em),
         absolute,
         p_bonferroni,
+        mde,
     )
