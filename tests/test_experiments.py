@@ -240,7 +240,7 @@ def test_folder_that_is_not_a_grid_is_refused(tiny_model: Path, tmp_path: Path) 
         ({"arms": {"x": "ce=1"}}, "arms: x trains the same loss as the arm 'ce-lam1'"),
         ({"arms": {"x": "lovasz=0.4,ce=0.6"}}, "same loss as the arm 'lovasz-lam0.6'"),
         ({"arms": {"x": "ce@answer=1", "y": "ce@answer=1.0"}}, "y trains the same loss as"),
-        ({"arms": {"x": "ce@everything=1"}}, "arms: x: term 'ce@everything'"),
+        ({"arms": {"x": "ce@everything=1"}}, "arms: x: term 'ce@everything=1'"),
         ({"seeds": []}, "empty grid: 'seeds'"),
         ({"losses": ["ce", "lovaz"]}, "unknown loss 'lovaz'; did you mean 'lovasz'"),
         ({"lambdas": [1.2]}, "λ is the weight of CE, in \\[0, 1\\)"),
