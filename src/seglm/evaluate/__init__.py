@@ -247,8 +247,17 @@ def prepare(
         task=task,
         examples=examples,
         fewshot_pool=pool,
-        roscoe=roscoe or config.roscoe_config(),
+        roscoe=roscoe or _roscoe_config(config),
     )
+
+
+def _roscoe_config(config: EvalConfig) -> Any:
+    """The ROSCOE scorer's settings for ``config.roscoe_families``, or None without roscoe."""
+    if not config.roscoe:
+        return None
+    from seglm.metrics.roscoe import FAMILIES, RoscoeConfig
+
+    return RoscoeConfig(families=config.roscoe_families or FAMILIES)
 
 
 def hold_folder(
