@@ -5,6 +5,7 @@ test. They let grid and report tests check resuming, failures and statistics wit
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from seglm.config import EvalConfig, TrainConfig, write_config
 
 EXAMPLES = 40
+FAKES = Path(__file__).parent / "cluster_fakes"
 COMPONENTS = ("ce", "focal", "sadl", "gdice", "lovasz", "dft")
 
 
@@ -123,3 +125,17 @@ class FakeRuns:
         means = {name: float(np.mean([r["metrics"][name] for r in records])) for name in metrics}
         summary = {"n": len(records), "metrics": means, "throughput": {"seconds": 0.5}}
         (folder / "metrics.json").write_text(json.dumps(summary))
+
+
+def fake_jobs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arms: dict[str, str]) -> Path:
+    """Processes started from now on (submitit's jobs, a grid's workers) train and evaluate with
+    the stand-ins (tests/cluster_fakes/sitecustomize.py); returns the folder where each training
+    attempt is logged."""
+    state = tmp_path / "attempts"
+    state.mkdir()
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"state": str(state), "arms": arms}))
+    monkeypatch.setenv("SEGLM_FAKE_PLAN", str(plan))
+    paths = [str(FAKES), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    return state

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
+from grid_fakes import fake_jobs
 from train._helpers import save_tiny_model
 from typer.testing import CliRunner
 
@@ -22,7 +23,6 @@ from seglm.cli import app
 from seglm.cluster import SlurmSettings, parse_settings
 from seglm.experiments import GridError, summarize
 
-FAKES = Path(__file__).parent / "cluster_fakes"
 runner = CliRunner(env={"COLUMNS": "240"})
 
 
@@ -33,19 +33,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def plain(output: str) -> str:
     return re.sub(r"\s+", " ", output)
-
-
-def fake_jobs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arms: dict[str, str]) -> Path:
-    """Job processes started from now on train with the stand-ins; returns the folder where
-    each training attempt is logged."""
-    state = tmp_path / "attempts"
-    state.mkdir()
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"state": str(state), "arms": arms}))
-    monkeypatch.setenv("SEGLM_FAKE_PLAN", str(plan))
-    paths = [str(FAKES), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
-    return state
 
 
 def test_a_grid_through_the_local_executor_records_failures_and_completes_the_summary(

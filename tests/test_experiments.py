@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from grid_fakes import FakeRuns
+from grid_fakes import FakeRuns, fake_jobs
 from train._helpers import one_torch_thread, save_tiny_model
 
 from seglm.experiments import (
@@ -433,3 +434,65 @@ def test_grid_under_a_two_process_launch(tiny_model: Path, tmp_path: Path) -> No
     assert report["world_size"] == 2
     # One announcement per cell: only rank 0 reports.
     assert completed.stderr.count(": finished") == 3
+
+
+def test_workers_run_cells_side_by_side_each_once_with_a_share_of_the_cores(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The workers are processes of their own: they train with the stand-ins that
+    # tests/cluster_fakes puts in every new process, each training taking a second.
+    arms = {"ce-lam1": "slow", "lovasz-lam0.6": "slow", "focal-lam0.6": "raise"}
+    attempts = fake_jobs(monkeypatch, tmp_path, arms)
+    root = tmp_path / "runs"
+    grid = tiny_grid(tiny_model, losses=["ce", "lovasz", "focal"], base=True)
+    seen: list[tuple[int, int, str]] = []
+    result = run_grid(
+        grid, root, progress=False, workers=2,
+        on_cell=lambda position, total, outcome: seen.append((position, total, outcome.status)),
+    )  # fmt: skip
+    assert [position for position, _, _ in seen] == list(range(1, 8))
+    assert {total for _, total, _ in seen} == {7}
+    statuses = {str(o.cell.relative_dir).split("/", 2)[2]: o.status for o in result.outcomes}
+    assert statuses == {
+        "base": "finished",
+        **{
+            f"{arm}/seed{seed}": "finished"
+            for arm in ("ce-lam1", "lovasz-lam0.6")
+            for seed in (0, 1)
+        },
+        **{f"focal-lam0.6/seed{seed}": "failed" for seed in (0, 1)},
+    }
+    failed = next(o for o in result.outcomes if o.status == "failed")
+    assert failed.error == "RuntimeError: training of focal-lam0.6 diverged"
+    rows = summarize(root)
+    assert [row["status"] for row in rows] == [row["status"] for row in result.rows]
+    assert sorted(row["status"] for row in rows) == ["failed"] * 2 + ["finished"] * 5
+    # Every cell trained once, by one of two worker processes (not this one), each process
+    # with half of the cores.
+    trained = [
+        line.split() for path in attempts.iterdir() for line in path.read_text().splitlines()
+    ]
+    assert len(trained) == 6 and len(list(attempts.iterdir())) == 6
+    workers = {int(pid) for pid, _ in trained}
+    assert len(workers) == 2 and os.getpid() not in workers
+    cores = len(os.sched_getaffinity(0))
+    assert {int(threads) for _, threads in trained} == {max(1, cores // 2)}
+    # A rerun runs the failed cells only.
+    again = run_grid(grid, root, progress=False, workers=2)
+    assert sorted(o.status for o in again.outcomes) == ["failed"] * 2 + ["skipped"] * 5
+
+
+def test_a_worker_that_dies_fails_its_cell_and_the_grid_goes_on(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_jobs(monkeypatch, tmp_path, {"lovasz-lam0.6": "die"})
+    root = tmp_path / "runs"
+    grid = tiny_grid(tiny_model, seeds=[0])
+    result = run_grid(grid, root, progress=False, workers=2)
+    died = next(o for o in result.outcomes if o.cell.loss == "lovasz")
+    assert died.status == "failed" and "worker process died" in (died.error or "")
+    assert "worker process died" in (root / died.cell.relative_dir / "error.txt").read_text()
+    (tmp_path / "ok").mkdir()
+    fake_jobs(monkeypatch, tmp_path / "ok", {})
+    again = run_grid(grid, root, progress=False, workers=2)
+    assert {row["status"] for row in again.rows} == {"finished"}

@@ -48,12 +48,13 @@ def test_a_kill_while_writing_roscoe_jsonl_leaves_the_cell_to_score_again(
     # The scoring process dies in the middle of writing the file: the kernel kills it (SIGXFSZ)
     # when a write passes 300 bytes, about five of the forty lines.
     script = textwrap.dedent(f"""
-        import resource, sys
+        import resource, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import seglm.metrics.roscoe
         from seglm.grid_roscoe import score_roscoe
         from test_grid_roscoe import StubScorer
         seglm.metrics.roscoe.RoscoeScorer = StubScorer
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: a write fails instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
         score_roscoe(sys.argv[1], progress=False)
     """)

@@ -472,13 +472,5 @@ class EvalConfig:
         fields = {name: getattr(self, name) for name in EVAL_IDENTITY}
         return json.loads(json.dumps({"model": model, "adapter": adapter, **fields}))
 
-    def roscoe_config(self) -> Any:
-        """The ROSCOE scorer's settings (seglm.metrics.roscoe.RoscoeConfig), or None."""
-        if not self.roscoe:
-            return None
-        from seglm.metrics.roscoe import RoscoeConfig
-
-        return RoscoeConfig(families=self.roscoe_families or ROSCOE_FAMILIES)
-
 
 EVAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(EvalConfig)}

@@ -7,9 +7,11 @@ stand-ins of tests/grid_fakes.py, and an arm's training can misbehave:
 - ``die``: the process exits at once, without a result, at every attempt;
 - ``die_once``: the first attempt dies, the next trains;
 - ``preempt_once``: the first attempt signals itself with SIGUSR2, as Slurm does before a
-  preemption, and waits to be requeued; the next trains.
+  preemption, and waits to be requeued; the next trains;
+- ``slow``: it takes a second.
 
-Each training call appends a line to FOLDER/ARM-seedS (the attempts).
+Each training call appends a line to FOLDER/ARM-seedS (the attempts): the process id and the
+number of threads torch uses.
 """
 
 import json
@@ -36,12 +38,16 @@ if PLAN:
     def train(config, progress=True):
         arm, seed = arm_of(config.run_dir)
         log = Path(plan["state"]) / f"{arm}-seed{seed}"
+        import torch
+
         with log.open("a") as handle:
-            handle.write(f"{os.getpid()}\n")
+            handle.write(f"{os.getpid()} {torch.get_num_threads()}\n")
         attempt = len(log.read_text().splitlines())
         behaviour = behaviours.get(arm)
         if behaviour == "die" or (behaviour == "die_once" and attempt == 1):
             os._exit(3)
+        if behaviour == "slow":
+            time.sleep(1)
         if behaviour == "preempt_once" and attempt == 1:
             os.kill(os.getpid(), signal.SIGUSR2)
             time.sleep(60)  # submitit's handler requeues the job and exits before this ends

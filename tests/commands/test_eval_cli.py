@@ -17,9 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from seglm.cli import app
-from seglm.commands.eval import Scoring, default_output_dir
-from seglm.config import TrainConfig, write_config
-from seglm.evaluate import SCORINGS
+from seglm.commands.eval import default_output_dir
+from seglm.config import EvalConfig, TrainConfig, write_config
+from seglm.evaluate import ModelSource
 from seglm.models import load_tokenizer, tiny_llama
 
 runner = CliRunner()
@@ -50,8 +50,18 @@ def eval_args(tiny_dir: Path, out: Path, *extra: str) -> list[str]:
             "--max-new-tokens", "4", *extra]  # fmt: skip
 
 
-def test_scoring_choices_are_the_library_ones() -> None:
-    assert tuple(member.value for member in Scoring) == SCORINGS
+def test_every_evaluation_setting_is_a_flag() -> None:
+    import dataclasses
+
+    result = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    for item in dataclasses.fields(EvalConfig):
+        flag = item.metadata.get("flags", ("--" + item.name.replace("_", "-"),))[0]
+        assert re.search(rf"{flag}\b", result.stdout), flag
+    # The settings are checked as EvalConfig checks them, naming the choices.
+    bad = runner.invoke(app, ["eval", "m", "--task", "arith", "--scoring", "sample"])
+    assert bad.exit_code == 1
+    assert "scoring='sample' is not one of 'generate', 'loglik', 'both'" in bad.stderr
 
 
 def test_eval_writes_predictions_and_prints_metrics(tiny_dir: Path, tmp_path: Path) -> None:
@@ -254,7 +264,11 @@ def test_bad_input_is_one_line_and_status_1(
 
 
 def test_default_output_dir() -> None:
-    run_dir = default_output_dir("runs/r1", True, "gsm8k", "test", Scoring.generate, 0)
+    run = ModelSource("runs/r1", "m", "runs/r1", "m", TrainConfig(task="gsm8k"))
+    run_dir = default_output_dir(run, EvalConfig(task="gsm8k"))
     assert run_dir == Path("runs/r1/eval-gsm8k-test")
-    model_dir = default_output_dir("SmolLM2", False, "openbookqa", "test", Scoring.both, 5)
+    model = ModelSource("SmolLM2", "SmolLM2", None, "SmolLM2")
+    model_dir = default_output_dir(
+        model, EvalConfig(task="openbookqa", scoring="both", num_fewshot=5)
+    )
     assert model_dir == Path("evals/smollm2-openbookqa-test-both-5shot")

@@ -10,7 +10,7 @@ processes (as ``seglm compare`` does) and writes nothing else: each run folder i
 accelerate 1.16 turns FSDP on only for accelerator process groups: ``AcceleratorState`` sets
 ``distributed_type = FSDP`` when it is MULTI_GPU, MULTI_NPU, MULTI_XPU, ... but not MULTI_CPU,
 so on CPU the FSDP config silently trains with DDP (and seglm refuses it, see
-``seglm.train.distributed_problem``). :func:`enable_fsdp_on_cpu` does on CPU what accelerate
+``seglm.train.checks.distributed_problem``). :func:`enable_fsdp_on_cpu` does on CPU what accelerate
 does on a GPU: the Trainer's Accelerator gets ``distributed_type = FSDP`` and the FSDP plugin
 built from the same environment variables that ``accelerate launch`` set from the config file.
 Everything else (the Trainer's FSDP paths, accelerate's ``fully_shard`` wrapping, its
@@ -31,7 +31,7 @@ def enable_fsdp_on_cpu() -> None:
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    import seglm.train
+    import seglm.train.checks
 
     class CpuFsdpAccelerator(accelerate.Accelerator):
         def __init__(self, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
@@ -49,7 +49,7 @@ def enable_fsdp_on_cpu() -> None:
 
     transformers.trainer.Accelerator = CpuFsdpAccelerator
     # With the shim accelerate no longer ignores FSDP on CPU, so seglm need not refuse it.
-    seglm.train.distributed_problem = lambda: None
+    seglm.train.checks.distributed_problem = lambda: None
 
 
 def main(runs_file: str) -> None:

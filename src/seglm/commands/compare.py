@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
             if settings is not None:
                 outcome = run_on_cluster(grid, out, settings, console)
             else:
-                outcome = run(grid, out, shard_index, workers, quiet, console)
+                outcome = run(grid, out, shard_index, quiet, console, workers)
         except GridError as error:
             console.print(f"[red]error:[/red] {error}", highlight=False)
             raise typer.Exit(1) from None
@@ -242,7 +242,12 @@ def _report(result: GridRun, out: Path, console: Console) -> None:
 
 
 def run(
-    grid: Grid, out: Path, shard: tuple[int, int], workers: int, quiet: bool, console: Console
+    grid: Grid,
+    out: Path,
+    shard: tuple[int, int],
+    quiet: bool,
+    console: Console,
+    workers: int = 1,
 ) -> GridRun:
     from seglm.experiments import run_grid
 

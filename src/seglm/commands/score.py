@@ -8,14 +8,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from seglm.commands import ANSWER_MATCH_HELP, AnswerMatch, choice_enum
-from seglm.metrics.exact_match import ANSWER_FORMATS
+from seglm.commands import choice_enum
+from seglm.config import EVAL_FIELDS
+from seglm.metrics.exact_match import ANSWER_FORMATS, ANSWER_MATCHES
 
 if TYPE_CHECKING:
     from seglm.metrics import ScoredExample
 
 
 AnswerFormat = choice_enum("AnswerFormat", ANSWER_FORMATS)
+AnswerMatch = choice_enum("AnswerMatch", ANSWER_MATCHES)  # how exact match reads answers
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +42,8 @@ def register(app: typer.Typer) -> None:
             typer.Option("--format", help="Answer format; overrides the one TASK defines."),
         ] = None,
         answer_match: Annotated[
-            AnswerMatch, typer.Option("--answer-match", help=ANSWER_MATCH_HELP)
+            AnswerMatch,
+            typer.Option("--answer-match", help=EVAL_FIELDS["answer_match"].metadata["help"]),
         ] = AnswerMatch.seglm,
         as_json: Annotated[
             bool, typer.Option("--json", help="Print one JSON object, no table.")

@@ -157,16 +157,18 @@ def evaluate(
 def _settings(
     config: EvalConfig | None, task: str | None, split: str | None, settings: dict[str, Any]
 ) -> tuple[EvalConfig, Any]:
-    """The EvalConfig that ``evaluate``'s arguments give, and the ROSCOE scorer's settings."""
+    """The EvalConfig that ``evaluate``'s arguments give (None: not given), and the ROSCOE
+    scorer's settings when ``roscoe`` is a RoscoeConfig (which picks the models too)."""
     roscoe = settings.get("roscoe")
-    if roscoe is not None and not isinstance(roscoe, bool):  # a RoscoeConfig: its models too
-        settings = {**settings, "roscoe": True, "roscoe_families": list(roscoe.families)}
+    scorer = None if roscoe is None or isinstance(roscoe, bool) else roscoe
+    if scorer is not None:
+        settings = {**settings, "roscoe": True, "roscoe_families": list(scorer.families)}
     given = {"task": task, "split": split, **settings}
     check_keys(given, EVAL_FIELDS, "evaluate")
     config = dataclasses.replace(
         config or EvalConfig(), **{key: value for key, value in given.items() if value is not None}
     )
-    return config, roscoe if roscoe is not None and not isinstance(roscoe, bool) else None
+    return config, scorer
 
 
 def on_main(ranks: Ranks, step: Callable[[], T]) -> T | None:
@@ -247,8 +249,17 @@ def prepare(
         task=task,
         examples=examples,
         fewshot_pool=pool,
-        roscoe=roscoe or config.roscoe_config(),
+        roscoe=roscoe or _roscoe_config(config),
     )
+
+
+def _roscoe_config(config: EvalConfig) -> Any:
+    """The ROSCOE scorer's settings for ``config.roscoe_families``, or None without roscoe."""
+    if not config.roscoe:
+        return None
+    from seglm.metrics.roscoe import FAMILIES, RoscoeConfig
+
+    return RoscoeConfig(families=config.roscoe_families or FAMILIES)
 
 
 def hold_folder(

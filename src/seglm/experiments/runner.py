@@ -189,7 +189,7 @@ def run_side_by_side(plans: Sequence[CellPlan], workers: int) -> Iterator[CellOu
                 yield future.result()
             except BrokenProcessPool as error:
                 text = (
-                    f"a worker process died before this cell finished ({error or 'killed'}); "
+                    f"a worker process died before this cell finished ({error}); "
                     "the cells of the workers then running or waiting are left to a rerun\n"
                 )
                 yield record_failure(plan.cell, plan.folder, text, started)
