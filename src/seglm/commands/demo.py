@@ -31,6 +31,7 @@ DEMO_ARMS = {"control": "ce=0.6,ce@answer=0.4"}
 DEMO_EVAL_SIZE = 150
 DEMO_MAX_NEW_TOKENS = 40  # the longest arith answer (3 steps) is 34 tokens with EOS
 DEMO_EVAL_BATCH = 150  # the whole test set in one batch: decoding is memory-bound on a CPU
+DEMO_WORKERS = 2  # cells side by side (README, "The demo": the times measured)
 
 
 def register(app: typer.Typer) -> None:
@@ -54,6 +55,12 @@ def register(app: typer.Typer) -> None:
             DEMO_EVAL_SIZE
         ),
         out: Annotated[Path, typer.Option(help="Runs folder.")] = Path("runs/demo"),
+        workers: Annotated[
+            int,
+            typer.Option(
+                min=1, help="Cells run side by side, the CPU threads split between them."
+            ),
+        ] = DEMO_WORKERS,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     ) -> None:
         """Fine-tune SmolLM2-135M on arith with CE, the weighting control and CE + each loss;
@@ -67,7 +74,7 @@ def register(app: typer.Typer) -> None:
         started = time.perf_counter()
         try:
             grid = demo_grid(losses, seeds, train_size, eval_size)
-            outcome = run(grid, out, (0, 1), quiet, console)
+            outcome = run(grid, out, (0, 1), quiet, console, workers)
             report = build_report(out)
         except GridError as error:
             console.print(f"[red]error:[/red] {error}", highlight=False)
