@@ -48,8 +48,9 @@ TARGETS = {"focal": 2.0, "sadl": 2.0, "gdice": 3.0, "lovasz": 3.0}
 
 
 def per_class_loop_lovasz(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """What the research code does (SPEC 7, item 3): a Python loop over every class of V,
-    with a host sync per class to skip absent ones. Kept here only for contrast."""
+    """What the research code does (docs/method.md, "Known defects", item 3): a Python
+    loop over every class of V, with a host sync per class to skip absent ones. Kept here only
+    for contrast."""
     probs = logits.softmax(-1)
     losses = []
     for c in range(probs.shape[1]):

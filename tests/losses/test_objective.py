@@ -514,7 +514,7 @@ def test_gradient_accumulation_with_item_counts_matches_one_full_batch(
 @pytest.mark.parametrize("num_items", [None, 20, ItemCounts(labels=20, answer=5)])
 @pytest.mark.parametrize("spec", ["lovasz", "ce=0.6,gdice=0.4", "focal=0.5,sadl=0.5"])
 def test_micro_batch_without_answer_tokens_stays_connected(spec: str, num_items: object) -> None:
-    """DDP needs a graph even when a micro-batch has nothing to learn from (SPEC section 5)."""
+    """DDP needs a graph even when a micro-batch has nothing to learn from (docs/training.md)."""
     logits, labels, _ = chat_batch(seed=20)
     no_answer = torch.zeros_like(labels, dtype=torch.bool)
     leaf = logits.clone().requires_grad_(True)

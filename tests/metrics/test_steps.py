@@ -6,7 +6,7 @@ import pytest
 from seglm.metrics import STEP_METRICS, extract_formulas, score_prediction, step_metrics
 from seglm.metrics.steps import parse_step
 
-# The offline data copy sits beside the repository (SPEC: ../shared/data).
+# The offline data copy sits beside the repository (../shared/data).
 GSM8K_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
 needs_gsm8k = pytest.mark.skipif(not GSM8K_TEST.exists(), reason="offline GSM8K copy not here")
 

@@ -38,8 +38,9 @@ def rows(count: int) -> list[dict]:
 def test_validation_is_held_out_of_train_never_the_test_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The paper selected checkpoints on the set it reported as test (SPEC 7.7); here the
-    # validation split is 2.5% of the official train set, held out of train.
+    # The paper selected checkpoints on the set it reported as test (docs/method.md,
+    # "Known defects", item 7); here the validation split is 2.5% of the official train set,
+    # held out of train.
     write_lines(tmp_path / "hellaswag" / "hellaswag_train.jsonl", rows(200))
     with pytest.raises(ValueError, match=r"holds 200 records, but the published file holds 39905"):
         get_task("hellaswag").load("validation", data_dir=str(tmp_path))

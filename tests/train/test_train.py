@@ -99,7 +99,8 @@ def test_best_checkpoint_by_validation_loss_ends_at_the_root(tiny_config: dict[s
 def test_hellaswag_never_selects_checkpoints_on_its_test_data(
     tiny_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # HellaSwag's test is the official validation set; the paper selected on it too (SPEC 7.7).
+    # HellaSwag's test is the official validation set; the paper selected on it too
+    # (docs/method.md, "Known defects", item 7).
     monkeypatch.setenv("SEGLM_ALLOW_ROW_COUNT_MISMATCH", "1")  # 80 train rows, not 39905
     data = tmp_path / "data" / "hellaswag"
     data.mkdir(parents=True)

@@ -57,9 +57,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Runs folder.")] = Path("runs/demo"),
         workers: Annotated[
             int,
-            typer.Option(
-                min=1, help="Cells run side by side, the CPU threads split between them."
-            ),
+            typer.Option(min=1, help="Cells run side by side, the CPU threads split between them."),
         ] = DEMO_WORKERS,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     ) -> None:

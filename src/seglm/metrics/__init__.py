@@ -1,4 +1,4 @@
-"""Answer and reasoning-step metrics (SPEC section 4); docs/metrics.md defines each one.
+"""Answer and reasoning-step metrics; docs/metrics.md defines each one.
 
 Nothing here executes model output: formulas are read by a small parser (``arithmetic``).
 """

@@ -1,4 +1,4 @@
-"""Final-answer extraction and exact match (SPEC section 4).
+"""Final-answer extraction and exact match (docs/metrics.md, "Exact match").
 
 Numeric formats compare the number after ``#### `` numerically (commas and ``$`` stripped,
 negatives allowed, a trailing period ignored). GSM8K answers must be equal; MathQA answers are

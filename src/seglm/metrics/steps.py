@@ -1,6 +1,6 @@
 """Reasoning-step metrics on the formulas ``<<...>>`` of a prediction and its reference.
 
-SPEC section 4 defines them on P (the predicted formulas, a list) and L (the reference's). Here
+docs/metrics.md defines them on P (the predicted formulas, a list) and L (the reference's). Here
 each formula is first normalised (see :func:`parse_step`), so ``48 / 2 = 24`` and ``48/2=24`` are
 the same step. The metrics divided by list lengths (overlap, dice, precision, recall) count common
 steps with multiplicity, so a reference that repeats a computation scores 1 against itself.
@@ -61,7 +61,7 @@ class Step:
 
 
 def extract_formulas(answer_format: str, text: str) -> list[str]:
-    """The inner strings of the ``<<...>>`` formulas, in order (P or L in SPEC section 4)."""
+    """The inner strings of the ``<<...>>`` formulas, in order (P or L in docs/metrics.md)."""
     _check_step_format(answer_format)
     return [formula.strip() for formula in FORMULA.findall(text)]
 

@@ -84,8 +84,9 @@ class GSM8K(Task):
         super().__post_init__()
         check_choice("target", self.target, TARGET_STYLES)
 
-    # The paper's 128 tokens cut the start of a fifth of the questions (SPEC 7.5); these limits
-    # hold every GSM8K example whole with the SmolLM2 tokenizer (longest: 311 / 544 tokens).
+    # The paper's 128 tokens cut the start of a fifth of the questions (docs/method.md,
+    # "Known defects", item 5); these limits hold every GSM8K example whole with the SmolLM2
+    # tokenizer (longest: 311 / 544 tokens).
     @property
     def plain_max_length(self) -> int:  # type: ignore[override]
         return 384 if self.target == "paper" else 640

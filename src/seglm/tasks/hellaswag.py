@@ -4,7 +4,8 @@ Prompt (the paper's): ``Question: {ctx}\\nA. {ending0}\\nB. ...\\nD. {ending3}\\
 target and reference: the gold letter.
 
 Splits: ``test`` is the official validation set (10042), as the paper reported it, because the
-official test set has no labels. The paper also selected checkpoints on that set (SPEC 7.7);
+official test set has no labels. The paper also selected checkpoints on that set
+(docs/method.md, "Known defects", item 7);
 here ``validation`` is instead a held-out 2.5% of the official train set (``datasets``
 ``train_test_split(test_size=0.025, seed=42)``: 998 examples) and ``train`` the rest (38907), so
 checkpoint selection never sees the test data. ``official_train`` is the whole train set (39905,

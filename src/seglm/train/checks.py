@@ -111,7 +111,8 @@ def load_checked_tokenizer(config: TrainConfig) -> Any:
 
 
 def check_selection_split(config: TrainConfig, task: Any, eval_split: str | None) -> None:
-    """Never choose the final weights on the data reported as test (SPEC 7.7)."""
+    """Never choose the final weights on the data reported as test
+    (docs/method.md, "Known defects", item 7)."""
     if eval_split is None or config.final_weights != "best" or "test" not in task.splits:
         return
     try:
