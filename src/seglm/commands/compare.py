@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from seglm.losses.registry import loss_names
+
 if TYPE_CHECKING:
     from seglm.cluster import SlurmSettings
     from seglm.experiments import CellOutcome, Grid, GridRun
@@ -31,7 +33,11 @@ def register(app: typer.Typer) -> None:
         task: Annotated[str | None, typer.Option(help="Task(s), comma-separated.")] = None,
         model: Annotated[str | None, typer.Option(help="Model(s), comma-separated.")] = None,
         losses: Annotated[
-            str | None, typer.Option(help="Losses, comma-separated: ce,focal,sadl,gdice,lovasz.")
+            str | None,
+            typer.Option(
+                help=f"Losses, comma-separated, each trained as λ·CE + (1 − λ)·loss: "
+                f"{','.join(loss_names())} (seglm losses describes them)."
+            ),
         ] = None,
         lambdas: Annotated[
             str | None, typer.Option(help="Weights of CE, comma-separated (default 0.6).")
