@@ -9,11 +9,13 @@ from seglm.cli import app
 runner = CliRunner()
 
 
-def test_lists_every_loss_with_its_aliases() -> None:
-    result = runner.invoke(app, ["losses"])
+def test_lists_every_loss_with_its_aliases_and_options_unbroken_at_80_columns() -> None:
+    result = runner.invoke(app, ["losses"], env={"COLUMNS": "80"})
     assert result.exit_code == 0
-    for name in ("ce", "focal", "sadl", "gdice", "lovasz", "dft", "dynamic_fine_tuning"):
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    for name in ("ce", "focal", "sadl", "gdice", "lovasz", "dft", "(dynamic_fine_tuning)"):
         assert name in result.output
+    assert "gamma=2.0" in result.output and "weighting=square" in result.output
 
 
 def test_a_spec_shows_each_term_and_its_scope() -> None:

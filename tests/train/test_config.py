@@ -15,7 +15,8 @@ from seglm.config import (
     resolve_config,
     write_config,
 )
-from seglm.losses import OBJECTIVE_OPTIONS, Objective
+from seglm.losses import OBJECTIVE_OPTIONS
+from seglm.losses.registry import Option, option_fields
 from seglm.train import build_objective
 
 
@@ -25,25 +26,30 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_objective_options_are_config_fields_with_the_same_defaults() -> None:
-    objective_defaults = {f.name: f.default for f in dataclasses.fields(Objective)}
-    assert set(OBJECTIVE_OPTIONS) == set(objective_defaults) - {"weights", "ignore_index"}
+def test_objective_options_are_config_fields_with_the_registry_defaults() -> None:
+    fields = option_fields()
+    assert set(OBJECTIVE_OPTIONS) == {"ce_scope", "group", *fields}
+    assert {"focal_gamma", "sadl_alpha", "gdice_weighting", "eaft_k", "prob_k"} <= set(fields)
     config = TrainConfig()
-    for name in OBJECTIVE_OPTIONS:
-        assert getattr(config, name) == objective_defaults[name], name
+    for name, (_, _, option) in fields.items():
+        assert getattr(config, name) == option.default, name
+    assert (config.ce_scope, config.group) == ("all", "sequence")
+
+
+def another_value(option: Option) -> float | int | str:
+    """A valid value of ``option`` other than its default."""
+    if option.choices:
+        return next(choice for choice in option.choices if choice != option.default)
+    if isinstance(option.default, int):
+        return option.default + 1
+    return option.default / 2 if option.default else 0.5
 
 
 def test_the_objective_takes_every_option_from_the_config() -> None:
-    changed = {
-        "focal_gamma": 3.5,
-        "sadl_alpha": 0.25,
-        "sadl_gamma": 0.5,
-        "gdice_weighting": "simple",
-        "gdice_absent": "max",
-        "gdice_smooth": 1e-3,
-        "ce_scope": "answer",
-        "group": "batch",
+    changed: dict[str, object] = {
+        name: another_value(option) for name, (_, _, option) in option_fields().items()
     }
+    changed |= {"ce_scope": "answer", "group": "batch"}
     assert set(changed) == set(OBJECTIVE_OPTIONS)
     objective = build_objective(resolve_config(overrides={"loss": "ce=0.5,focal=0.5", **changed}))
     assert {name: getattr(objective, name) for name in changed} == changed

@@ -42,17 +42,21 @@ def register(app: typer.Typer) -> None:
             console.print(table)
             console.print(f"canonical: {parsed}", highlight=False)
             return
-        table = Table("loss", "kind", "what it is", "options (config field: default)", "aliases")
+        # Names, aliases and options never wrap (users copy them); the summary does.
+        table = Table()
+        table.add_column("loss (aliases)", no_wrap=True)
+        table.add_column("kind", no_wrap=True)
+        table.add_column("what it is")
+        table.add_column("options", no_wrap=True)
         for term in terms().values():
-            options = "\n".join(
-                f"{term.field_name(name)}: {option.default}"
-                for name, option in term.options.items()
-            )
-            kind = "set (answer)" if term.is_set else "per token"
-            table.add_row(term.name, kind, term.summary, options or "-", ", ".join(term.aliases))
+            names = "\n".join([term.name, *(f"({alias})" for alias in term.aliases)])
+            options = "\n".join(f"{name}={option.default}" for name, option in term.options.items())
+            table.add_row(names, "set" if term.is_set else "token", term.summary, options or "-")
         console.print(table)
         console.print(
             "A spec weighs terms: ce=0.6,lovasz=0.4; NAME@all / NAME@answer choose the tokens; "
-            "NAME(OPTION=VALUE) sets an option for that term (docs/method.md).",
+            "NAME(OPTION=VALUE) sets an option for that term; a config file sets it for every "
+            "term as NAME_OPTION (focal_gamma: 2). A set loss covers answer tokens only "
+            "(docs/method.md).",
             highlight=False,
         )
