@@ -1,6 +1,6 @@
 """Stand-ins for ``seglm.train.train`` and ``seglm.evaluate.evaluate`` that write what the real
-ones write (run folder files, predictions, metrics) in milliseconds, with scores chosen by the
-test. They let grid and report tests check resuming, failures and statistics without a model."""
+ones write (run folder files, predictions, metrics, each recorded as seglm's) in milliseconds,
+with scores chosen by the test. They let grid and report tests check resuming, failures and statistics without a model."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from seglm.config import EvalConfig, TrainConfig, write_config
+from seglm.folders import record_files
 
 EXAMPLES = 40
 COMPONENTS = ("ce", "focal", "sadl", "gdice", "lovasz", "dft")
@@ -61,6 +62,9 @@ class FakeRuns:
         arm, _ = arm_of(folder)
         self.trained.append(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        record_files(
+            folder, "config.yaml", "log.jsonl", "adapter_model.safetensors", "train_report.json"
+        )
         write_config(config, folder / "config.yaml")
         if self.fail(arm):
             raise RuntimeError(f"training of {arm} diverged")
@@ -105,6 +109,7 @@ class FakeRuns:
             record = {"id": f"arith/test/{index}", "prompt": "Q", "prediction": "P"}
             records.append({**record, "reference": "R", "metrics": metrics})
         folder.mkdir(parents=True, exist_ok=True)
+        record_files(folder, "predictions.jsonl", "eval_config.json", "metrics.json")
         text = "".join(json.dumps(record) + "\n" for record in records)
         (folder / "predictions.jsonl").write_text(text)
         settings = {"task": config.task, "split": config.split, "dtype": config.dtype}

@@ -226,8 +226,9 @@ def test_incompatible_grid_is_refused_naming_the_keys(
 
 def test_folder_that_is_not_a_grid_is_refused(tiny_model: Path, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(GridError, match=r"not empty and holds no grid\.json"):
+    with pytest.raises(GridError, match=r"not empty and seglm did not make it \(notes\.txt is"):
         run_grid(tiny_grid(tiny_model), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize(

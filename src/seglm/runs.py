@@ -10,11 +10,13 @@ not on each other, for the layout.
     EVAL/                an evaluation (seglm eval; a run folder can be one too)
       eval_config.json     what was evaluated and how (checked on resume)
       predictions.jsonl    one line per example, appended as they are made
-      metrics.json         written last: its presence marks a finished evaluation
-      .seglm-eval.lock     flock()ed while an evaluation writes the folder
+      metrics.json         written last: with whole predictions, it marks a finished one
     RUNS/                a grid (seglm compare)
       grid.json, summary.csv, summary.json, report.md, report.json, figures/
       {task}/{model}/{arm}/seed{s}/   a run folder and its evaluation (error.txt if it failed)
+
+Each of these folders also holds ``.seglm-files.json`` (the files seglm wrote there) and
+``.seglm.lock`` (held by the one process that writes it): :mod:`seglm.folders`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ TRAIN_REPORT_FILE = "train_report.json"
 EVAL_SETTINGS_FILE = "eval_config.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
-EVAL_LOCK_FILE = ".seglm-eval.lock"
 ROSCOE_FILE = "roscoe.jsonl"  # per-example ROSCOE scores of a grid cell, one line per prediction
 GRID_FILE = "grid.json"
 SUMMARY_CSV = "summary.csv"

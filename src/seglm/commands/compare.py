@@ -220,8 +220,11 @@ def launch_settings(
 
 def _announcer(console: Console) -> Any:
     def announce(position: int, total: int, outcome: CellOutcome) -> None:
-        colour = {"finished": "green", "skipped": "dim", "failed": "red"}[outcome.status]
+        colour = {"finished": "green", "skipped": "dim", "busy": "yellow", "failed": "red"}[
+            outcome.status
+        ]
         detail = f" in {outcome.seconds:.0f} s" if outcome.status == "finished" else ""
+        detail += f", repaired ({outcome.repaired})" if outcome.repaired else ""
         detail += f": {outcome.error}" if outcome.error else ""
         console.print(
             f"[{position}/{total}] {outcome.cell.relative_dir}: "
@@ -233,9 +236,10 @@ def _announcer(console: Console) -> Any:
 
 
 def _report(result: GridRun, out: Path, console: Console) -> None:
+    busy = f"{result.count('busy')} run by another process, " if result.count("busy") else ""
     console.print(
         f"{result.count('finished')} cells run, {result.count('skipped')} already finished, "
-        f"{result.count('failed')} failed, in {result.seconds:.0f} s. Summary: "
+        f"{busy}{result.count('failed')} failed, in {result.seconds:.0f} s. Summary: "
         f"{out / 'summary.csv'}; report: seglm report {out}",
         highlight=False,
     )
@@ -273,10 +277,10 @@ def run_on_cluster(grid: Grid, out: Path, settings: SlurmSettings, console: Cons
 def print_cells(grid: Grid, out: Path) -> None:
     from rich.table import Table
 
-    from seglm.experiments import cell_status
+    from seglm.experiments import cell_folder, cell_status
 
     cells = grid.cells()
     table = Table("cell", "status", title=f"{len(cells)} cells in {out}")
     for cell in cells:
-        table.add_row(str(cell.relative_dir), cell_status(out / cell.relative_dir))
+        table.add_row(str(cell.relative_dir), cell_status(cell_folder(out, cell)))
     Console().print(table)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seglm.experiments import read_grid_file, summarize
+from seglm.experiments import GridError, read_grid_file, summarize
+from seglm.experiments.grid import ROOT_WAIT_S
+from seglm.folders import FolderError, check_claim, check_replaceable, hold, record_files
 from seglm.report.figures import (
     correlations,
     plot_correlations,
@@ -40,7 +42,7 @@ from seglm.report.render import (
     report_json,
 )
 from seglm.report.statistics import arm_stats, headline
-from seglm.runs import FIGURES_DIR, REPORT_JSON, REPORT_MARKDOWN
+from seglm.runs import FIGURES_DIR, REPORT_JSON, REPORT_MARKDOWN, write_atomically
 from seglm.stats import DEFAULT_RESAMPLES
 
 __all__ = [
@@ -61,23 +63,41 @@ def build_report(
     seed: int = 0,
 ) -> Report:
     """Read a runs folder, compute the statistics, draw the figures and write report.md and
-    report.json (into ``out_dir``, by default the runs folder)."""
+    report.json (into ``out_dir``, by default the runs folder). A damaged cell is left out and
+    listed with why (its summary row's status ``damaged``). Files of those names that seglm did
+    not write are refused."""
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root
     groups = load_groups(root)
     rows = summarize(root)
-    (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
-    reports = [_group_report(group, out, resamples, seed) for group in groups]
-    report = Report(out / REPORT_MARKDOWN, reports, rows)
-    grid = read_grid_file(root)
-    report.path.write_text(render_markdown(report, grid, out, resamples), encoding="utf-8")
-    (out / REPORT_JSON).write_text(json.dumps(report_json(report), indent=2) + "\n")
+    names = [REPORT_MARKDOWN, REPORT_JSON, *(f for group in groups for f in _figure_files(group))]
+    try:
+        with hold(out, "report", wait=ROOT_WAIT_S):
+            owned = check_claim(out, "report")
+            for name in names:
+                check_replaceable(out, name, owned)
+            record_files(out, *names)
+            reports = [_group_report(group, out, resamples, seed) for group in groups]
+            report = Report(out / REPORT_MARKDOWN, reports, rows)
+            grid = read_grid_file(root)
+            write_atomically(report.path, render_markdown(report, grid, out, resamples))
+            write_atomically(out / REPORT_JSON, json.dumps(report_json(report), indent=2) + "\n")
+    except FolderError as error:
+        raise GridError(f"report folder: {error}") from None
     return report
+
+
+FIGURES = ("main", "lambda", "errors", "training", "correlations")
+
+
+def _figure_files(group: Group) -> list[str]:
+    return [f"{FIGURES_DIR}/{group.slug}-{name}.png" for name in FIGURES]
 
 
 def _group_report(group: Group, out: Path, resamples: int, seed: int) -> GroupReport:
     stats = arm_stats(group, resamples, seed)
     folder = out / FIGURES_DIR
+    folder.mkdir(exist_ok=True)
     figures: dict[str, Path] = {}
     plots = {
         "main": lambda p: plot_main_metrics(group, stats, p),

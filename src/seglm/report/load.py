@@ -16,6 +16,7 @@ from seglm.experiments import (
     BASE,
     Cell,
     GridError,
+    cell_folder,
     finished_cells,
     grid_cells,
     model_slug,
@@ -186,7 +187,7 @@ def ce_all_weight(arm: Arm, ce_scope: str) -> float | None:
 
 
 def _load_group(root: Path, task: str, model: str, cells: list[Cell], ce_scope: str) -> Group:
-    folders = [(cell, root / cell.relative_dir) for cell in cells]
+    folders = [(cell, cell_folder(root, cell)) for cell in cells]
     _check_same_evaluation(folders)
     ids: list[str] | None = None
     arms: dict[str, Arm] = {}

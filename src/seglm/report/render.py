@@ -198,10 +198,13 @@ def render_markdown(report: Report, grid: dict[str, Any], out: Path, resamples: 
         f"`{settings.get('scoring', 'generate')}` (greedy decoding).",
         "",
         f"Cells: {len(status['finished'])} finished, {len(status['failed'])} failed, "
-        f"{len(status['pending'])} pending.",
+        f"{len(status['pending'])} pending"
+        + (f", {len(status['damaged'])} damaged (left out)." if status["damaged"] else "."),
     ]
     for row in status["failed"]:
         lines.append(f"- failed: `{row['dir']}`: {row.get('error', '')} (see its error.txt)")
+    for row in status["damaged"]:
+        lines.append(f"- damaged: `{row['dir']}`: {row['error']} (`seglm compare` repairs it)")
     lines += [
         "",
         "Means are over seeds and examples; 95% intervals come from a bootstrap that resamples "

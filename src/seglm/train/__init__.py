@@ -50,7 +50,7 @@ from seglm.train.checks import (
     load_checked_tokenizer,
 )
 from seglm.train.fit import TrainResult, checkpoint_selection, fit
-from seglm.train.run_folder import check_run_dir, prepare_run_dir
+from seglm.train.run_folder import check_run_dir, holding_run_dir, prepare_run_dir
 from seglm.train.splits import EVAL_SPLITS, PreparedData, prepare_data
 
 
@@ -70,16 +70,18 @@ def train(
     objective = build_objective(config)
     check_environment(config)
     check_trainer_args(config)
-    resume_from = check_run_dir(config)
-    check_task_name(config.task)
-    check_model_name(config.model)
-    tokenizer = load_checked_tokenizer(config)
-    data = prepare_data(config, tokenizer)
-    args = training_arguments(config, has_eval=data.eval is not None, progress=progress)
-    with args.main_process_first(desc="prepare the run folder"):
-        if args.process_index == 0:
-            prepare_run_dir(config, resume_from)
-    return fit(config, objective, tokenizer, data, args, resume_from, callbacks)
+    check_run_dir(config)  # refused before anything is written, or the folder made
+    with holding_run_dir(config):
+        resume_from = check_run_dir(config)  # again, now that no other process writes it
+        check_task_name(config.task)
+        check_model_name(config.model)
+        tokenizer = load_checked_tokenizer(config)
+        data = prepare_data(config, tokenizer)
+        args = training_arguments(config, has_eval=data.eval is not None, progress=progress)
+        with args.main_process_first(desc="prepare the run folder"):
+            if args.process_index == 0:
+                prepare_run_dir(config, resume_from)
+        return fit(config, objective, tokenizer, data, args, resume_from, callbacks)
 
 
 def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
