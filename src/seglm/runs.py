@@ -99,7 +99,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def checkpoint_problem(folder: Path) -> str | None:
-    """Why ``folder`` (``checkpoint-N``) cannot be resumed from (a save cut short), or None."""
+    """Why ``folder`` (``checkpoint-N``) cannot be resumed from (a save cut short, a file
+    damaged), or None: its trainer_state.json is at its step, it has weights, and every file the
+    Trainer loads on resume reads whole (:func:`file_problem`)."""
     state_file = folder / CHECKPOINT_STATE
     if not state_file.is_file():
         return f"no {CHECKPOINT_STATE}"
@@ -114,7 +116,73 @@ def checkpoint_problem(folder: Path) -> str | None:
     weights = [p for p in folder.iterdir() if CHECKPOINT_WEIGHTS.match(p.name)]
     if not any(p.is_dir() or p.stat().st_size > 0 for p in weights):
         return "no weights"
+    for path in sorted(folder.iterdir()):
+        problem = file_problem(path) if path.is_file() else None
+        if problem:
+            return f"{path.name} {problem}"
     return None
+
+
+# What the Trainer loads when it resumes (training_args.bin, a pickle it never loads, is not).
+TORCH_STATE = re.compile(r"^(optimizer|scheduler|scaler|rng_state.*)\.(pt|pth)$|\.bin$")
+
+
+def file_problem(path: Path) -> str | None:
+    """Why a file of weights or state does not read whole, or None: a safetensors file whose
+    header or size is cut short, a PyTorch file that does not load as plain tensors
+    (``weights_only``: nothing in it may run code), a JSON file that does not parse. Other files
+    are not read."""
+    name = path.name
+    if name.endswith(".safetensors"):
+        return _safetensors_problem(path)
+    if TORCH_STATE.search(name) and name != "training_args.bin":
+        return _torch_file_problem(path)
+    if name.endswith(".json"):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            return f"is not readable JSON ({error})"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else size
+        if length > size - 8:
+            return f"is cut short ({size} bytes: not even its header)"
+        try:
+            header = json.loads(handle.read(length))
+            end = max(
+                (item["data_offsets"][1] for key, item in header.items() if key != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return "has a damaged header (not safetensors)"
+    if 8 + length + end != size:
+        return f"is cut short or damaged ({size} bytes; its header describes {8 + length + end})"
+    return None
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    if path.stat().st_size == 0:
+        return "is empty"
+    try:
+        with safe_globals():  # the numpy types of a saved RNG state, as the Trainer allows them
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises many kinds for a damaged or unsafe file
+        text = str(error).strip() or type(error).__name__
+        return f"does not load as tensors with weights_only ({_first(text)})"
+    return None
+
+
+def _first(text: str) -> str:
+    """The first sentence of a library's message (PyTorch's run to a page)."""
+    return text.splitlines()[0].split(". ")[0].rstrip(".")
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -166,6 +166,10 @@ def build_grid(
         if value is not None:
             values.pop(key.removesuffix("s"), None)  # --task replaces the file's task or tasks
             values[key] = value
+    where = str(grid_file) if grid_file is not None else "command line"
+    for key in ("train", "eval"):
+        if not isinstance(values.get(key) or {}, dict):
+            raise GridError(f"{where}: {key}: expected a mapping of settings, got {values[key]!r}")
     values["eval"] = {
         **(values.get("eval") or {}),
         **{key: value for key, value in eval_overrides.items() if value is not None},
@@ -187,7 +191,6 @@ def build_grid(
         arms[name.strip()] = spec.strip()
     if arms:
         values["arms"] = arms
-    where = str(grid_file) if grid_file is not None else "command line"
     return Grid.from_dict(values, where)
 
 

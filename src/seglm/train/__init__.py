@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seglm.config import TrainConfig, resolve_config
+from seglm.config import ConfigError, TrainConfig, resolve_config
 from seglm.train.arguments import check_trainer_args, training_arguments
 from seglm.train.callbacks import (
     PROGRESS_CALLBACK,
@@ -48,6 +48,7 @@ from seglm.train.checks import (
     check_task_name,
     distributed_problem,
     load_checked_tokenizer,
+    remote_code_refused,
 )
 from seglm.train.fit import TrainResult, checkpoint_selection, fit
 from seglm.train.run_folder import check_run_dir, holding_run_dir, prepare_run_dir
@@ -81,7 +82,20 @@ def train(
         with args.main_process_first(desc="prepare the run folder"):
             if args.process_index == 0:
                 prepare_run_dir(config, resume_from)
-        return fit(config, objective, tokenizer, data, args, resume_from, callbacks)
+        try:
+            return fit(config, objective, tokenizer, data, args, resume_from, callbacks)
+        except ValueError as error:  # transformers refusing a model's custom code
+            if "trust_remote_code" not in str(error) or config.trust_remote_code:
+                raise
+            raise ConfigError(remote_code_refused(config.model)) from None
+        except RuntimeError as error:  # torch.OutOfMemoryError, or the CPU allocator's
+            if not any(text in str(error) for text in ("out of memory", "can't allocate memory")):
+                raise
+            raise ConfigError(
+                f"out of memory while training ({str(error).splitlines()[0][:200]}); lower "
+                "batch_size (raise grad_accum to keep the batch), max_length or lora_r, or turn "
+                "on gradient_checkpointing"
+            ) from None
 
 
 def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
