@@ -209,7 +209,11 @@ class _TrainSettings:
         default=None, metadata=_help("packaged preset, e.g. paper-gsm8k")
     )
     overwrite: bool = field(
-        default=False, metadata=_help("replace an output folder that holds another run")
+        default=False,
+        metadata=_help(
+            "start again in output_dir: seglm's files of the run there are deleted, files of "
+            "yours stay (docs/folders.md)"
+        ),
     )
     resume: bool = field(
         default=False, metadata=_help("continue the run in output_dir from its last checkpoint")
@@ -477,7 +481,11 @@ class EvalConfig:
         ),
     )
     overwrite: bool = field(
-        default=False, metadata=_help("start again in an output folder that holds predictions")
+        default=False,
+        metadata=_help(
+            "start again in the output folder: seglm's evaluation files there are deleted, files "
+            "of yours stay (docs/folders.md)"
+        ),
     )
 
     def __post_init__(self) -> None:
