@@ -4,6 +4,7 @@ with scores chosen by the test. They let grid and report tests check resuming, f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from collections.abc import Callable
@@ -65,7 +66,10 @@ class FakeRuns:
         record_files(
             folder, "config.yaml", "log.jsonl", "adapter_model.safetensors", "train_report.json"
         )
-        write_config(config, folder / "config.yaml")
+        # As seglm.train writes it: how this call treated the folder is not part of the run.
+        write_config(
+            dataclasses.replace(config, overwrite=False, resume=False), folder / "config.yaml"
+        )
         if self.fail(arm):
             raise RuntimeError(f"training of {arm} diverged")
         weights = dict(part.split("=") for part in config.loss.split(","))

@@ -249,8 +249,6 @@ class Grid:
                 )
         slugs: dict[str, str] = {}
         for model in self.models:
-            if not model.strip():
-                raise GridError("models: a model name is empty")
             other = slugs.setdefault(model_slug(model), model)
             if other != model:
                 raise GridError(
