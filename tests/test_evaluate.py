@@ -16,9 +16,9 @@ import torch
 from seglm import evaluate as ev
 from seglm.config import ConfigError, EvalConfig, TrainConfig, load_run_config, write_config
 from seglm.evaluate import EvalError, LoadedModel, evaluate
+from seglm.folders import LOCK_FILE
 from seglm.metrics import PredictionsFileError
 from seglm.models import load_tokenizer, tiny_llama
-from seglm.runs import EVAL_LOCK_FILE
 from seglm.tasks import get_task
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -305,7 +305,7 @@ def test_a_folder_another_evaluation_holds_is_refused_at_once(
             evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST)
         assert not (tmp_path / "predictions.jsonl").exists()
     # Released: a lock file left behind (as by a killed process) blocks no one.
-    assert (tmp_path / EVAL_LOCK_FILE).is_file()
+    assert (tmp_path / LOCK_FILE).is_file()
     assert evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST).n == 2
 
 

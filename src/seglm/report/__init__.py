@@ -68,6 +68,11 @@ def build_report(
     not write are refused."""
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root
+    read_grid_file(root)  # a folder that holds no grid is named as such first
+    try:
+        check_claim(out, "report")  # a folder that is not seglm's: refused before any work
+    except FolderError as error:
+        raise GridError(f"report folder: {error}") from None
     groups = load_groups(root)
     rows = summarize(root)
     names = [REPORT_MARKDOWN, REPORT_JSON, *(f for group in groups for f in _figure_files(group))]
