@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from grid_fakes import FakeRuns
+from safetensors.torch import save_file
 from train._helpers import one_torch_thread, save_tiny_model
 
 from seglm.experiments import (
@@ -176,7 +178,7 @@ def test_a_cell_killed_while_saving_its_first_checkpoint_starts_again(
     # A complete checkpoint (the Trainer writes trainer_state.json last) is resumed from.
     checkpoint = killed_while_saving()
     (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
-    (checkpoint / "adapter_model.safetensors").write_bytes(b"weights")
+    save_file({"w": torch.zeros(2)}, checkpoint / "adapter_model.safetensors")
     run_grid(grid, root, progress=False)
     assert calls[1:] == [(False, True), (True, False)]
 
