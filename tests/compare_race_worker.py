@@ -1,5 +1,5 @@
 """One of two ``seglm compare`` processes started together on one runs folder, with the stand-in
-training and evaluation of grid_fakes (each cell's training slowed to 0.3 s, so that the two
+training and evaluation of grid_fakes (each cell's training slowed to 1.5 s, so that the two
 overlap): ``python compare_race_worker.py GO TRAINED_LOG MODEL RUNS``.
 
 It waits until the file GO exists, then runs the grid; every cell it trains appends a line to
@@ -29,7 +29,7 @@ def main() -> None:
     def train(config: Any, progress: bool = True) -> None:
         with open(trained_log, "a") as log:
             log.write(f"{config.run_dir}\n")
-        time.sleep(0.3)
+        time.sleep(1.5)
         fakes.train(config, progress)
 
     seglm.train.train = train  # type: ignore[assignment]

@@ -299,9 +299,18 @@ def test_grid_seeds_and_eval_seed_have_the_same_range() -> None:
         EvalConfig(seed=2**40)
 
 
-def test_the_manifest_of_a_folder_cannot_be_tampered_into_a_delete(tmp_path: Path) -> None:
-    claim(tmp_path, "run folder")
-    (tmp_path / MANIFEST_FILE).write_text("not json")
+@pytest.mark.parametrize(
+    "text",
+    ["not json", '{"files": ["../outside.txt"], "folders": []}', '{"files": ["/etc/x"]}'],
+)
+def test_the_manifest_of_a_folder_cannot_be_tampered_into_a_delete(
+    tmp_path: Path, text: str
+) -> None:
+    folder = tmp_path / "run"
+    claim(folder, "run folder")
+    (tmp_path / "outside.txt").write_text("mine")
+    (folder / MANIFEST_FILE).write_text(text)
     with pytest.raises(FolderError, match="seglm cannot tell its files from yours"):
-        remove_owned(tmp_path)
-    assert os.listdir(tmp_path) == [MANIFEST_FILE]
+        remove_owned(folder)
+    assert os.listdir(folder) == [MANIFEST_FILE]
+    assert (tmp_path / "outside.txt").read_text() == "mine"

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seglm.paths import name_problem
 from seglm.runs import (
     CELL_ERROR_FILE,
     CHECKPOINT_NAME,
@@ -133,12 +134,18 @@ def read_manifest(folder: Path) -> Manifest | None:
         raise FolderError(f"cannot read {path}: {error.strerror}") from None
     try:
         values = json.loads(text)
-        return Manifest(set(values["files"]), set(values["folders"]))
+        manifest = Manifest(set(values["files"]), set(values["folders"]))
+        entries = [*manifest.files, *manifest.folders]
     except (ValueError, KeyError, TypeError):
+        entries = [None]
+    outside = [e for e in entries if not isinstance(e, str) or any(map(name_problem, e.split("/")))]
+    if outside:
         raise FolderError(
-            f"{path} is not seglm's list of its files (not readable JSON with 'files' and "
-            "'folders'); seglm cannot tell its files from yours there: choose another folder"
-        ) from None
+            f"{path} is not seglm's list of its files (JSON with 'files' and 'folders', each a "
+            "path inside the folder); seglm cannot tell its files from yours there: choose "
+            "another folder"
+        )
+    return manifest
 
 
 def _write_manifest(folder: Path, manifest: Manifest) -> None:

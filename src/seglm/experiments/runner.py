@@ -59,7 +59,7 @@ class CellOutcome:
     repaired: str | None = None  # what of a damaged cell was redone, and why
 
 
-CELL_ADVICE = "it runs there; this run leaves it to that one"
+CELL_ADVICE = "this run leaves the cell to it"
 
 
 def run_cell(plan: CellPlan, progress: bool = True) -> CellOutcome:
@@ -116,7 +116,7 @@ def repair_cell(folder: Path) -> None:
         evaluation += [PREDICTIONS_FILE, EVAL_SETTINGS_FILE]
     remove_owned(folder, evaluation)
     predictions = folder / PREDICTIONS_FILE
-    if predictions.is_file():
+    if PREDICTIONS_FILE in problems and predictions.is_file():
         kept = [r for r in whole_lines(predictions) if isinstance(r.get("metrics"), dict)]
         text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept)
         write_atomically(predictions, text)
