@@ -1,9 +1,11 @@
 """Stand-ins for ``seglm.train.train`` and ``seglm.evaluate.evaluate`` that write what the real
-ones write (run folder files, predictions, metrics) in milliseconds, with scores chosen by the
-test. They let grid and report tests check resuming, failures and statistics without a model."""
+ones write (run folder files, predictions, metrics, each recorded as seglm's) in milliseconds,
+with scores chosen by the test. They let grid and report tests check resuming, failures and
+statistics without a model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zlib
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from seglm.config import EvalConfig, TrainConfig, write_config
+from seglm.folders import record_files
 
 EXAMPLES = 40
 FAKES = Path(__file__).parent / "cluster_fakes"
@@ -68,7 +71,13 @@ class FakeRuns:
         arm, _ = arm_of(folder)
         self.trained.append(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        write_config(config, folder / "config.yaml")
+        record_files(
+            folder, "config.yaml", "log.jsonl", "adapter_model.safetensors", "train_report.json"
+        )
+        # As seglm.train writes it: how this call treated the folder is not part of the run.
+        write_config(
+            dataclasses.replace(config, overwrite=False, resume=False), folder / "config.yaml"
+        )
         if self.fail(arm):
             raise RuntimeError(f"training of {arm} diverged")
         weights = dict(part.split("=") for part in config.loss.split(","))
@@ -113,6 +122,7 @@ class FakeRuns:
             record = {"id": f"arith/test/{index}", "prompt": "Q", "prediction": prediction}
             records.append({**record, "reference": self.reference(index), "metrics": metrics})
         folder.mkdir(parents=True, exist_ok=True)
+        record_files(folder, "predictions.jsonl", "eval_config.json", "metrics.json")
         text = "".join(json.dumps(record) + "\n" for record in records)
         (folder / "predictions.jsonl").write_text(text)
         settings = {

@@ -6,19 +6,22 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from seglm import evaluate as ev
 from seglm.config import ConfigError, EvalConfig, TrainConfig, load_run_config, write_config
 from seglm.evaluate import EvalError, LoadedModel, evaluate
+from seglm.folders import LOCK_FILE
 from seglm.metrics import PredictionsFileError
 from seglm.models import load_tokenizer, tiny_llama
-from seglm.runs import EVAL_LOCK_FILE
 from seglm.tasks import get_task
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -297,15 +300,33 @@ def test_a_rerun_repairs_duplicate_predictions_that_agree(
         evaluate(loaded, "arith", "test", tmp_path, limit=3, **FAST)
 
 
+HOLDER = """
+import sys, time
+from pathlib import Path
+from seglm.evaluate import output_lock
+with output_lock(Path(sys.argv[1])):
+    Path(sys.argv[2]).write_text("held")
+    time.sleep(120)
+"""
+
+
 def test_a_folder_another_evaluation_holds_is_refused_at_once(
     loaded: LoadedModel, tmp_path: Path
 ) -> None:
-    with ev.output_lock(tmp_path):
+    # Another process holds it (within one process the lock is re-entrant).
+    ready = tmp_path.parent / f"{tmp_path.name}-ready"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), str(ready)])
+    try:
+        while not ready.exists():
+            assert holder.poll() is None, "the holder died"
         with pytest.raises(EvalError, match=r"is in use by another evaluation \(pid [0-9]+ on "):
             evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST)
         assert not (tmp_path / "predictions.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
     # Released: a lock file left behind (as by a killed process) blocks no one.
-    assert (tmp_path / EVAL_LOCK_FILE).is_file()
+    assert (tmp_path / LOCK_FILE).is_file()
     assert evaluate(loaded, "arith", "test", tmp_path, limit=2, **FAST).n == 2
 
 
@@ -427,7 +448,7 @@ def test_loglik_scores_each_choice_as_a_continuation(
         return [preferred.get(tokenizer.decode(cont).strip(), -20.0) for _, cont in pairs]
 
     monkeypatch.setattr(ev.Scorer, "pair_logliks", fake)
-    result = evaluate(loaded, "jsonl", "test", tmp_path, scoring="loglik", batch_size=3,
+    result = evaluate(loaded, "jsonl", "test", tmp_path / "eval", scoring="loglik", batch_size=3,
                       task_options=choice_options(choice_file), progress=False)  # fmt: skip
     records = lines(result.predictions_path)
     assert [r["loglik"]["logliks"] for r in records] == [
@@ -445,7 +466,7 @@ def test_loglik_scores_each_choice_as_a_continuation(
 def test_loglik_values_equal_an_unbatched_forward_pass(
     loaded: LoadedModel, tmp_path: Path, choice_file: Path
 ) -> None:
-    result = evaluate(loaded, "jsonl", "test", tmp_path, scoring="both", batch_size=2,
+    result = evaluate(loaded, "jsonl", "test", tmp_path / "eval", scoring="both", batch_size=2,
                       max_new_tokens=3, task_options=choice_options(choice_file),
                       progress=False)  # fmt: skip
     tokenizer = loaded.tokenizer
@@ -562,7 +583,7 @@ def test_run_folder_without_weights(tiny_dir: Path, tokenizer: Any, tmp_path: Pa
     run = make_run_folder(tmp_path / "run", tiny_dir, tokenizer, weights=False)
     (run / "checkpoint-2").mkdir()
     (run / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
-    (run / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"weights")
+    save_file({"w": torch.zeros(2)}, run / "checkpoint-2" / "adapter_model.safetensors")
     (run / "checkpoint-4").mkdir()  # a save cut short: not worth suggesting
     with pytest.raises(EvalError) as error:
         evaluate(run, None, "test", tmp_path / "eval", progress=False)

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from grid_fakes import FakeRuns, fake_jobs
+from safetensors.torch import save_file
 from train._helpers import one_torch_thread, save_tiny_model
 
 from seglm.experiments import (
@@ -177,7 +179,7 @@ def test_a_cell_killed_while_saving_its_first_checkpoint_starts_again(
     # A complete checkpoint (the Trainer writes trainer_state.json last) is resumed from.
     checkpoint = killed_while_saving()
     (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
-    (checkpoint / "adapter_model.safetensors").write_bytes(b"weights")
+    save_file({"w": torch.zeros(2)}, checkpoint / "adapter_model.safetensors")
     run_grid(grid, root, progress=False)
     assert calls[1:] == [(False, True), (True, False)]
 
@@ -227,8 +229,9 @@ def test_incompatible_grid_is_refused_naming_the_keys(
 
 def test_folder_that_is_not_a_grid_is_refused(tiny_model: Path, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(GridError, match=r"not empty and holds no grid\.json"):
+    with pytest.raises(GridError, match=r"not empty and seglm did not make it \(notes\.txt is"):
         run_grid(tiny_grid(tiny_model), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,7 @@ def add_adapter(model: Any, config: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
     check_target_modules(model, config.target_modules)
+    check_rank(model, config.lora_r, config.target_modules)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -168,4 +169,32 @@ def check_target_modules(model: Any, names: list[str]) -> None:
         raise ConfigError(
             f"field 'target_modules': the model has no module named {', '.join(map(repr, missing))}"
             f"; its linear layers: {', '.join(linear)} (or {ALL_LINEAR!r})"
+        )
+
+
+def check_rank(model: Any, rank: int, names: list[str] | None) -> None:
+    """A rank above the smaller side of a layer LoRA adapts adds nothing to what that layer can
+    learn, and a large one cannot be allocated: refuse it before PEFT allocates it."""
+    output = model.get_output_embeddings()
+    chosen = set(names or []) - {ALL_LINEAR}
+
+    def adapted(name: str, module: Any) -> bool:
+        if chosen:  # the names given, else every linear layer but the output layer (all-linear)
+            return name in chosen or name.rsplit(".", 1)[-1] in chosen
+        return module is not output
+
+    layers = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and adapted(name, module)
+    ]
+    if not layers:
+        return
+    name, module = min(layers, key=lambda item: min(item[1].in_features, item[1].out_features))
+    smallest = min(module.in_features, module.out_features)
+    if rank > smallest:
+        raise ConfigError(
+            f"field 'lora_r': rank {rank} is larger than the smaller side of the layer {name} "
+            f"({module.in_features} x {module.out_features}) that LoRA adapts; choose lora_r <= "
+            f"{smallest}"
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import PlainValidator
+from pydantic import Field, PlainValidator
 
 from seglm.losses.registry import LossTerm, Option, option_fields
 from seglm.losses.spec import CE_SCOPES, GROUPS, LossSpec, option_type
@@ -32,11 +32,16 @@ from seglm.schema import (
     ConfigError,
     Count,
     Integer,
+    Name,
+    NonEmptyText,
     NonNegative,
     NonNegativeInteger,
     Options,
+    OptionText,
     Positive,
     Probability,
+    Seed,
+    TaskOptions,
     Text,
     TextList,
     check_fields,
@@ -45,6 +50,8 @@ from seglm.schema import (
     choices,
     field_adapters,
     optional,
+    parse_yaml,
+    read_yaml_text,
     validate,
 )
 
@@ -84,19 +91,19 @@ class _TrainSettings:
     """The fields of :class:`TrainConfig` other than the losses' options."""
 
     # model
-    model: Text = field(
+    model: NonEmptyText = field(
         default="smollm2-135m-instruct",
         metadata=_help("hub id, local folder, or the offline alias smollm2-135m-instruct"),
     )
     trust_remote_code: bool = field(default=False, metadata=_help("allow custom model code"))
     # data
-    task: Text = field(default="arith", metadata=_help("task name (seglm.tasks)"))
-    task_options: Options = field(
+    task: Name = field(default="arith", metadata=_help("task name (seglm.tasks)"))
+    task_options: TaskOptions = field(
         default_factory=dict, metadata=_help("task options, key=value (repeatable)")
     )
     data_dir: optional(Text) = field(default=None, metadata=_help("folder with the task's files"))
-    train_split: Text = field(default="train", metadata=_help("split to train on"))
-    eval_split: optional(Text) = field(
+    train_split: Name = field(default="train", metadata=_help("split to train on"))
+    eval_split: optional(Name) = field(
         default=AUTO,
         metadata=_help("validation split: auto (validation/dev if the task has one) or none"),
     )
@@ -104,8 +111,8 @@ class _TrainSettings:
         default=None, metadata=_help("use at most N train examples")
     )
     eval_limit: optional(Count) = field(default=None, metadata=_help("use at most N eval examples"))
-    max_length: optional(Count) = field(
-        default=None, metadata=_help("max tokens per example (default: the task's)")
+    max_length: optional(Annotated[Integer, Field(ge=2)]) = field(
+        default=None, metadata=_help("max tokens per example, at least 2 (default: the task's)")
     )
     overflow: choice(OVERFLOWS) = field(
         default="truncate_prompt",
@@ -151,7 +158,7 @@ class _TrainSettings:
     scheduler: Text = field(default="linear", metadata=_help("learning-rate schedule"))
     optim: Text = field(default="adamw_torch", metadata=_help("optimiser (transformers name)"))
     max_grad_norm: NonNegative = field(default=1.0, metadata=_help("gradient clipping; 0 disables"))
-    seed: Integer = field(default=42, metadata=_help("seed for init, dropout and data order"))
+    seed: Seed = field(default=42, metadata=_help("seed for init, dropout and data order"))
     group_by_length: bool = field(
         default=False,
         metadata=_help("batch examples of similar length (less padding; random batch order)"),
@@ -202,7 +209,11 @@ class _TrainSettings:
         default=None, metadata=_help("packaged preset, e.g. paper-gsm8k")
     )
     overwrite: bool = field(
-        default=False, metadata=_help("replace an output folder that holds another run")
+        default=False,
+        metadata=_help(
+            "start again in output_dir: seglm's files of the run there are deleted, files of "
+            "yours stay (docs/folders.md)"
+        ),
     )
     resume: bool = field(
         default=False, metadata=_help("continue the run in output_dir from its last checkpoint")
@@ -211,6 +222,7 @@ class _TrainSettings:
     def __post_init__(self) -> None:
         # Each field as its declared type (the values of YAML, flags and keyword arguments).
         check_fields(self)
+        self.task_options = typed_task_options(self.task, self.task_options)
         if self.overwrite and self.resume:
             raise ConfigError("overwrite and resume exclude each other: pick one")
 
@@ -247,6 +259,25 @@ class _TrainSettings:
             for key, value in self.to_dict().items()
             if key not in RUNTIME_FIELDS and key not in unused
         }
+
+
+def typed_task_options(task: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Task options given as ``key=value`` text, each read by its declared type in the task
+    (an unknown task or option is left as text: it is refused, named, when the task is built)."""
+    if not any(isinstance(value, OptionText) for value in options.values()):
+        return options
+    from seglm.tasks import convert_option, option_types, task_class
+
+    try:
+        types = option_types(task_class(task)) if task else {}
+    except ValueError:
+        types = {}
+    typed = dict(options)
+    for key, value in options.items():
+        if isinstance(value, OptionText):
+            text = str(value)
+            typed[key] = convert_option(key, text, types[key]) if key in types else text
+    return typed
 
 
 def _plain(value: Any) -> Any:
@@ -295,15 +326,9 @@ def field_value(name: str, value: Any) -> Any:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping of config keys, checked against the fields (with line numbers)."""
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    text = read_yaml_text(path, "config file")
+    values = parse_yaml(text, str(path))
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
     if values is None:
         return {}
     if not isinstance(values, dict) or not isinstance(node, yaml.MappingNode):
@@ -384,11 +409,11 @@ class EvalConfig:
     """How a model is evaluated: ``seglm eval``'s flags, a grid file's ``eval:`` block, the
     settings of :func:`seglm.evaluate.evaluate`."""
 
-    task: optional(Text) = field(
+    task: optional(Name) = field(
         default=None, metadata=_help("task name (default: the run folder's task)", "--task", "-t")
     )
-    split: Text = field(default="test", metadata=_help("split to evaluate", "--split", "-s"))
-    task_options: Options = field(
+    split: Name = field(default="test", metadata=_help("split to evaluate", "--split", "-s"))
+    task_options: TaskOptions = field(
         default_factory=dict,
         metadata=_help("task option KEY=VALUE (repeatable)", "--option", "-o"),
     )
@@ -411,7 +436,7 @@ class EvalConfig:
     random_subset: bool = field(
         default=False, metadata=_help("draw the --limit examples at random (--seed)")
     )
-    seed: Integer = field(
+    seed: Seed = field(
         default=LM_EVAL_FEWSHOT_SEED,
         metadata=_help("seed of --random-subset and of the few-shot exemplars"),
     )
@@ -456,11 +481,17 @@ class EvalConfig:
         ),
     )
     overwrite: bool = field(
-        default=False, metadata=_help("start again in an output folder that holds predictions")
+        default=False,
+        metadata=_help(
+            "start again in the output folder: seglm's evaluation files there are deleted, files "
+            "of yours stay (docs/folders.md)"
+        ),
     )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        options = typed_task_options(self.task, self.task_options)
+        object.__setattr__(self, "task_options", options)
         if self.random_subset and self.limit is None:
             raise ConfigError("random_subset draws limit examples: give a limit")
         if self.roscoe_families is not None and not self.roscoe:

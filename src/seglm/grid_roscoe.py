@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from seglm.experiments import (
+    cell_folder,
     finished_cells,
     grid_cells,
     read_grid_file,
 )
+from seglm.folders import hold, write_owned
 from seglm.report.load import read_cell_predictions
-from seglm.runs import EVAL_SETTINGS_FILE, ROSCOE_FILE, read_json, write_atomically
+from seglm.runs import EVAL_SETTINGS_FILE, ROSCOE_FILE, read_json
 
 EMBEDDING_FAMILIES = ("semantic_alignment", "semantic_similarity")
 
@@ -31,7 +33,7 @@ def score_roscoe(
     root = Path(root)
     grid_file = read_grid_file(root)
     cells = finished_cells(root, grid_cells(grid_file))
-    folders = [root / c.relative_dir for c in cells]
+    folders = [cell_folder(root, c) for c in cells]
     pending = [folder for folder in folders if not (folder / ROSCOE_FILE).is_file()]
     if not pending:
         return []
@@ -46,7 +48,8 @@ def score_roscoe(
             json.dumps({"id": r["id"], **s}) + "\n" for r, s in zip(records, scores, strict=True)
         ]
         # Its presence marks the cell scored: a kill while writing must not leave half of it.
-        write_atomically(folder / ROSCOE_FILE, "".join(lines))
+        with hold(folder, "ROSCOE scoring"):
+            write_owned(folder, ROSCOE_FILE, "".join(lines))
     return pending
 
 

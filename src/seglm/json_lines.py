@@ -75,3 +75,35 @@ def read_jsonl(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
     if missing_ok and not path.is_file():
         return []
     return [record for _, record in iter_jsonl(path)]
+
+
+def whole_lines(path: Path) -> list[dict[str, Any]]:
+    """The objects of the lines that read whole (each a JSON object ending in a newline); the
+    others, torn by an interrupted write or damaged, are left out with a warning."""
+    records = []
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                record = _read_line(raw, f"{path}, line {number}", JsonlError)
+            except ValueError:
+                record = None
+            if record is None or not raw.endswith(b"\n"):
+                if raw.strip():
+                    logger.warning("%s, line %d: left out, not a whole JSON object", path, number)
+                continue
+            records.append(record)
+    return records
+
+
+def first_damage(path: Path) -> str | None:
+    """Where a JSON Lines file that seglm wrote whole is not: its first line that is not a JSON
+    object ending in a newline (``line 40 is cut short``), or None."""
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.endswith(b"\n"):
+                return f"line {number} is cut short (no newline)"
+            try:
+                _read_line(raw, f"line {number}", JsonlError)
+            except ValueError as problem:
+                return str(problem)
+    return None

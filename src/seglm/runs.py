@@ -10,11 +10,13 @@ not on each other, for the layout.
     EVAL/                an evaluation (seglm eval; a run folder can be one too)
       eval_config.json     what was evaluated and how (checked on resume)
       predictions.jsonl    one line per example, appended as they are made
-      metrics.json         written last: its presence marks a finished evaluation
-      .seglm-eval.lock     flock()ed while an evaluation writes the folder
+      metrics.json         written last: with whole predictions, it marks a finished one
     RUNS/                a grid (seglm compare)
       grid.json, summary.csv, summary.json, report.md, report.json, figures/
       {task}/{model}/{arm}/seed{s}/   a run folder and its evaluation (error.txt if it failed)
+
+Each of these folders also holds ``.seglm-files.json`` (the files seglm wrote there) and
+``.seglm.lock`` (held by the one process that writes it): :mod:`seglm.folders`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ TRAIN_REPORT_FILE = "train_report.json"
 EVAL_SETTINGS_FILE = "eval_config.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
-EVAL_LOCK_FILE = ".seglm-eval.lock"
 ROSCOE_FILE = "roscoe.jsonl"  # per-example ROSCOE scores of a grid cell, one line per prediction
 GRID_FILE = "grid.json"
 SUMMARY_CSV = "summary.csv"
@@ -95,44 +96,3 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why ``folder`` (``checkpoint-N``) cannot be resumed from (a save cut short), or None."""
-    state_file = folder / CHECKPOINT_STATE
-    if not state_file.is_file():
-        return f"no {CHECKPOINT_STATE}"
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError) as error:
-        return f"{CHECKPOINT_STATE} is not readable JSON ({error})"
-    step = int(CHECKPOINT_NAME.match(folder.name).group(1))  # type: ignore[union-attr]
-    if not isinstance(state, dict) or state.get("global_step") != step:
-        found = state.get("global_step") if isinstance(state, dict) else None
-        return f"{CHECKPOINT_STATE} is at step {found!r}, not {step}"
-    weights = [p for p in folder.iterdir() if CHECKPOINT_WEIGHTS.match(p.name)]
-    if not any(p.is_dir() or p.stat().st_size > 0 for p in weights):
-        return "no weights"
-    return None
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """The ``checkpoint-N`` folders of a run, newest step first."""
-    found = [p for p in run_dir.glob("checkpoint-*") if CHECKPOINT_NAME.match(p.name)]
-    return sorted(
-        (p for p in found if p.is_dir()),
-        key=lambda p: int(p.name.rsplit("-", 1)[1]),
-        reverse=True,
-    )
-
-
-def last_complete_checkpoint(run_dir: Path) -> tuple[str | None, list[str]]:
-    """The newest checkpoint written to the end, and what was skipped for it: the checkpoints
-    after it, each with why (a process killed while saving leaves one incomplete)."""
-    skipped = []
-    for folder in checkpoints(run_dir):
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return str(folder), skipped
-        skipped.append(f"{folder.name} ({problem})")
-    return None, skipped

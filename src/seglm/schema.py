@@ -16,6 +16,7 @@ import math
 import os
 import typing
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 from seglm.choices import check_choice
+from seglm.paths import name_problem
 
 
 class ConfigError(ValueError):
@@ -80,9 +82,42 @@ def _key_value_items(value: Any) -> Any:
     return value
 
 
+class OptionText(str):
+    """A ``key=value`` item's value, kept as the user typed it until the option's declared type
+    reads it (a path stays whole: ``path=notes #1.jsonl`` is not cut at a YAML comment)."""
+
+
+def _key_text_items(value: Any) -> Any:
+    if value is None:
+        return {}
+    pairs = [value] if isinstance(value, str) else value
+    if not isinstance(pairs, list | tuple):
+        return value
+    items = {}
+    for pair in map(str, pairs):
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expects key=value, got {pair!r}")
+        items[key.strip()] = OptionText(text)
+    return items
+
+
 def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise ConfigError(f"expects a finite number, got {value!r}")
+    return value
+
+
+def _not_empty(value: str) -> str:
+    if not value.strip():
+        raise ConfigError("expects a name, got an empty one")
+    return value
+
+
+def _path_name(value: str) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise ConfigError(f"{value!r} {problem}")
     return value
 
 
@@ -95,10 +130,18 @@ Positive = Annotated[FiniteNumber, Field(gt=0)]
 NonNegative = Annotated[FiniteNumber, Field(ge=0)]
 Probability = Annotated[FiniteNumber, Field(ge=0, lt=1)]  # dropout: 1 would drop everything
 Text = Annotated[str, BeforeValidator(_number_as_text)]
+NonEmptyText = Annotated[Text, AfterValidator(_not_empty)]
+# A name that becomes a folder or file name (a task, a split): one path component.
+Name = Annotated[Text, AfterValidator(_path_name)]
+# What numpy, torch and transformers' set_seed accept.
+SEED_MAX = 2**32 - 1
+Seed = Annotated[Integer, Field(ge=0, le=SEED_MAX)]
 TextList = Annotated[list[Text], BeforeValidator(_comma_list)]
 NumberList = Annotated[list[Number], BeforeValidator(_comma_list)]
 CountList = Annotated[list[Count], BeforeValidator(_comma_list)]
 Options = Annotated[dict[str, Any], BeforeValidator(_key_value_items)]
+# Task options: ``key=value`` items are text (OptionText) that the task's option types read.
+TaskOptions = Annotated[dict[str, Any], BeforeValidator(_key_text_items)]
 
 
 def mapping_of(kind: Any) -> Any:
@@ -237,6 +280,71 @@ def validate(adapter: TypeAdapter[Any], value: Any, name: str, noun: str = "fiel
         raise ConfigError(f"{noun} {name + item!r} {text}") from None
 
 
+# -- YAML --------------------------------------------------------------------------------------
+
+
+class _KeyProblem(ValueError):
+    """A mapping key that seglm refuses: given twice, or not a name."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags that build objects), refusing what it lets through
+    silently: a key given twice (the last one would win) and a key that is not text."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *defaults`` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                raise _KeyProblem(
+                    f"line {line}: key {key!r} is not a name; keys are text (quote it: '{key}')"
+                )
+            if key in seen:
+                raise _KeyProblem(
+                    f"line {seen[key]} and line {line}: key {key!r} is given twice; keep one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_text(path: str | os.PathLike[str], what: str) -> str:
+    """The text of a YAML file (``what``: "config file", "grid file"), or a ConfigError that
+    names the file: missing or unreadable, binary, or not UTF-8."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
+    if b"\0" in data:
+        raise ConfigError(f"{path}: a binary file, not YAML text; give a {what} written as text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte {data[error.start]:#04x}); save the "
+            f"{what} as UTF-8"
+        ) from None
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text as Python values (the safe subset), a key given twice or a key that is not text
+    refused with its line; ``where`` (a file, a flag) starts every error."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except _KeyProblem as problem:
+        raise ConfigError(f"{where}, {problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML: {error}") from None
+
+
+def read_yaml_file(path: str | os.PathLike[str], what: str) -> Any:
+    """A YAML file's values: :func:`read_yaml_text`, then :func:`parse_yaml`."""
+    return parse_yaml(read_yaml_text(path, what), str(path))
+
+
 # -- key=value items ---------------------------------------------------------------------------
 
 
@@ -262,7 +370,9 @@ def read_value(text: str, what: str) -> Any:
     if not text:
         return ""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)
+    except _KeyProblem as problem:
+        raise ConfigError(f"{what}: in value {text!r}, {problem}") from None
     except yaml.YAMLError as error:
         reason = getattr(error, "problem", None) or "not valid YAML"
         raise ConfigError(

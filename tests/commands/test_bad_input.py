@@ -4,15 +4,20 @@ are built in a temporary folder, and models are a tiny random Llama (nothing dow
 
 from __future__ import annotations
 
+import datetime
+import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from train._helpers import one_torch_thread, save_tiny_model
 from typer.testing import CliRunner
 
 from seglm.cli import app
 
 runner = CliRunner()
+ARCHIVE = Path(__file__).resolve().parents[2] / "results" / "arith-3seeds.tar.gz"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +51,41 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "not_a_model/notes.txt").write_text("hello\n")
     (root / "not_a_grid").mkdir()
     (root / "not_a_grid/notes.txt").write_text("hello\n")
+    binary = {
+        "latin1.yaml": b"task: arith\nrun_name: caf\xe9\n",
+        "binary.yaml": b"\x00\x01\x02\xff",
+        "grid_latin1.yaml": b"tasks: [arith]\nmodels: [caf\xe9]\nlosses: [ce]\n",
+        "grid_binary.yaml": b"\x89PNG\r\n\x1a\n\x00\x00",
+    }
+    for name, data in binary.items():
+        (root / name).write_bytes(data)
+    more = {
+        "twice.yaml": "seed: 1\nlearning_rate: 0.01\nseed: 2\n",
+        "int_key.yaml": "task: arith\n3: x\n",
+        "grid_twice.yaml": "tasks: [arith]\nmodels: [m]\nlosses: [ce]\nlosses: [focal]\n",
+        "grid_train_list.yaml": "tasks: [arith]\nmodels: [m]\nlosses: [ce]\ntrain: [lr]\n",
+        "grid_eval_list.yaml": "tasks: [arith]\nmodels: [m]\nlosses: [ce]\neval: [limit]\n",
+        "grid_escape.yaml": "tasks: [../../escape]\nmodels: [m]\nlosses: [ce]\n",
+        "surrogate/train.jsonl": '{"prompt": "1+1=\\ud800", "target": "2"}\n',
+        "data/train.jsonl": '{"prompt": "1+1=", "target": "2"}\n',
+        "escape.jsonl": '{"prompt": "1+1=", "target": "2"}\n',
+        "user_run/config.yaml": "task: arith\n",
+        "user_run/results.csv": "a,b\n",
+        "user_eval/metrics.json": '{"mine": 1}\n',
+        "predictions/good.jsonl": '{"prediction": "#### 2", "reference": "#### 2"}\n',
+    }
+    for name, text in more.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    shutil.copytree(root / "tiny", root / "torn")
+    weights = root / "torn/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    shutil.copytree(root / "tiny", root / "pickled")
+    (root / "pickled/model.safetensors").unlink()
+    # Not tensors: weights_only refuses to rebuild the object (nothing of it runs).
+    torch.save({"saved": datetime.date(2020, 1, 1)}, root / "pickled/pytorch_model.bin")
+    with tarfile.open(ARCHIVE) as archive:
+        archive.extractall(root / "archived", filter="data")
     return root
 
 
@@ -64,7 +104,15 @@ def jsonl_train(folder: str) -> list[str]:
 CASES = [
     # seglm train: flags, task options, config files, data files, models
     (train("--task-options", "max_steps=abc"), "option 'max_steps' expects an integer, got 'abc'"),
-    (train("--task-options", "operations=*/"), "option 'operations': cannot read value '*/'"),
+    # A task option given as key=value is read by its declared type: text stays text.
+    (
+        train("--task-options", "operations=*%"),
+        "arith operations must be distinct characters of '+-*/'; got '*%'",
+    ),
+    (
+        train("--task", "jsonl", "--task-options", "path={inputs}/no #such: file"),
+        "no #such: file/train.jsonl is missing",
+    ),
     (train("--task-options", "no_such=1"), "task 'arith' has no option no_such"),
     (["train", "--output-dir", "{inputs}/a_file"], "a_file is a file, not a folder"),
     (train("--loss", "ce=nan"), "weight of 'ce' must be a finite number >= 0, got nan"),
@@ -93,6 +141,26 @@ CASES = [
     (jsonl_train("wrong_type"), "wrong_type/train.jsonl:2: field 'prompt'"),
     (jsonl_train("empty"), "empty/train.jsonl: holds no records"),
     (jsonl_train("not_utf8"), "not_utf8/train.jsonl:2: not UTF-8 text"),
+    # files that are not YAML text, keys given twice or not text, lists for mappings
+    (train_config("latin1.yaml"), "latin1.yaml, line 2: not UTF-8 text (byte 0xe9)"),
+    (train_config("binary.yaml"), "binary.yaml: a binary file, not YAML text"),
+    (train_config("twice.yaml"), "twice.yaml, line 1 and line 3: key 'seed' is given twice"),
+    (train_config("int_key.yaml"), "int_key.yaml, line 2: key 3 is not a name"),
+    # ranges
+    (train("--seed", str(2**32)), "field 'seed' must be <= 4294967295, got 4294967296"),
+    (train("--seed", "-1"), "field 'seed' must be >= 0, got -1"),
+    (train("--max-length", "1"), "field 'max_length' must be >= 2, got 1"),
+    (train("--lora-r", "100000"), "field 'lora_r': rank 100000 is larger than the smaller side"),
+    (train("--gdice-smooth", "-1"), "field 'gdice_smooth' must be >= 0"),
+    (["train", "--model", "", "--output-dir", "{out}"], "field 'model' expects a name"),
+    # data, names that become paths, the user's folders
+    (jsonl_train("surrogate"), "surrogate/train.jsonl:1: holds a lone surrogate escape"),
+    (train("--train-split", "../escape"), "field 'train_split' '../escape' holds a path sep"),
+    (
+        ["train", "--model", "{tiny}", "--output-dir", "{inputs}/user_run", "--overwrite"],
+        "user_run is not empty and holds no seglm run (config.yaml is not seglm's)",
+    ),
+    (["train", "--output-dir", "/proc/seglm-test/run"], "cannot create the training run"),
     # seglm eval
     (["eval", "/nonexistent", "--task", "arith"], "model folder '/nonexistent' does not exist"),
     (["eval", "{inputs}/not_a_model", "--task", "arith"], "holds no model (no config.json)"),
@@ -103,6 +171,24 @@ CASES = [
     (
         ["eval", "{tiny}", "--task", "arith", "--option", "max_steps=x"],
         "option 'max_steps' expects an integer, got 'x'",
+    ),
+    (["eval", "{tiny}", "--task", "arith", "--seed", "-2"], "field 'seed' must be >= 0"),
+    (
+        ["eval", "{tiny}", "--task", "jsonl", "-o", "path={inputs}/data", "--split", "../escape"],
+        "field 'split' '../escape' holds a path separator",
+    ),
+    (
+        ["eval", "{tiny}", "--task", "arith", "--output-dir", "{inputs}/user_eval"],
+        "user_eval is not empty and seglm did not make it (metrics.json is not seglm's)",
+    ),
+    (
+        ["eval", "{tiny}", "--task", "arith", "--output-dir", "/proc/seglm-test/eval"],
+        "cannot create the evaluation /proc/seglm-test/eval",
+    ),
+    (["eval", "{inputs}/torn", "--task", "arith"], "model.safetensors is cut short or damaged"),
+    (
+        ["eval", "{inputs}/pickled", "--task", "arith"],
+        "pytorch_model.bin does not load as tensors with weights_only",
     ),
     # seglm compare
     (["compare", "--losses", "ce", "--train", "target_modules=*x", "--dry-run"], "value '*x'"),
@@ -118,7 +204,18 @@ CASES = [
     ),
     (["compare", "{inputs}/missing.yaml", "--dry-run"], "cannot read grid file"),
     (["compare", "--out", "{inputs}/a_file", "--losses", "ce"], "a_file is a file, not a folder"),
-    (["compare", "--out", "{inputs}/not_a_grid", "--losses", "ce"], "holds no grid.json"),
+    (
+        ["compare", "--out", "{inputs}/not_a_grid", "--losses", "ce"],
+        "not_a_grid is not empty and seglm did not make it (notes.txt is not seglm's)",
+    ),
+    (["compare", "{inputs}/grid_latin1.yaml", "--dry-run"], "line 2: not UTF-8 text (byte 0xe9)"),
+    (["compare", "{inputs}/grid_binary.yaml", "--dry-run"], "a binary file, not YAML text"),
+    (["compare", "{inputs}/grid_twice.yaml", "--dry-run"], "line 3 and line 4: key 'losses'"),
+    (["compare", "{inputs}/grid_train_list.yaml", "--dry-run"], "train: expected a mapping"),
+    (["compare", "{inputs}/grid_eval_list.yaml", "--dry-run"], "eval: expected a mapping"),
+    (["compare", "{inputs}/grid_escape.yaml", "--dry-run"], "'../../escape' holds a path sep"),
+    (["compare", "--losses", "ce", "--task", "..", "--dry-run"], "task '..' is '..'"),
+    (["compare", "--losses", "ce", "--seeds", "4294967296,", "--dry-run"], "must be <= 4294967295"),
     # seglm losses, score, report, data
     (["losses", "ce=nan"], "weight of 'ce' must be a finite number >= 0, got nan"),
     (["losses", "ce=inf"], "weight of 'ce' must be a finite number >= 0, got inf"),
@@ -129,6 +226,23 @@ CASES = [
     (["score", "gsm8k", "{inputs}/predictions/missing.jsonl"], "field 'prediction'"),
     (["score", "gsm8k", "{inputs}/no_such.jsonl"], "no_such.jsonl"),
     (["report", "{inputs}/not_a_grid"], "holds no grid"),
+    (["report", "{inputs}/archived", "--out", "{inputs}/a_file"], "a_file is a file, not a folder"),
+    (
+        ["report", "{inputs}/archived", "--out", "{inputs}/not_a_grid"],
+        "not_a_grid is not empty and seglm did not make it (notes.txt is not seglm's)",
+    ),
+    (["report", "{inputs}/archived", "--seed", "-1"], "Invalid value for '--seed'"),
+    (
+        [
+            "score",
+            "gsm8k",
+            "{inputs}/predictions/good.jsonl",
+            "--per-example",
+            "{inputs}/predictions/good.jsonl",
+        ],
+        "good.jsonl is also PREDICTIONS: writing it would replace that file",
+    ),
+    (["data", "show", "jsonl", "-o", "path={inputs}/data", "--split", "../escape"], "path sep"),
     (["data", "show", "arithmetic"], "unknown task 'arithmetic'"),
     (["data", "show", "arith", "--split", "dev"], "no split 'dev'"),
 ]

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from seglm.checkpoints import checkpoint_problem
 from seglm.config import ConfigError, load_run_config, resolve_config
-from seglm.runs import checkpoint_problem
 from seglm.train import train
 from seglm.trainer import NonFiniteLossError
 

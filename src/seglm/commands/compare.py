@@ -172,6 +172,10 @@ def build_grid(
         if value is not None:
             values.pop(key.removesuffix("s"), None)  # --task replaces the file's task or tasks
             values[key] = value
+    where = str(grid_file) if grid_file is not None else "command line"
+    for key in ("train", "eval"):
+        if not isinstance(values.get(key) or {}, dict):
+            raise GridError(f"{where}: {key}: expected a mapping of settings, got {values[key]!r}")
     values["eval"] = {
         **(values.get("eval") or {}),
         **{key: value for key, value in eval_overrides.items() if value is not None},
@@ -193,7 +197,6 @@ def build_grid(
         arms[name.strip()] = spec.strip()
     if arms:
         values["arms"] = arms
-    where = str(grid_file) if grid_file is not None else "command line"
     return Grid.from_dict(values, where)
 
 
@@ -226,8 +229,11 @@ def launch_settings(
 
 def _announcer(console: Console) -> Any:
     def announce(position: int, total: int, outcome: CellOutcome) -> None:
-        colour = {"finished": "green", "skipped": "dim", "failed": "red"}[outcome.status]
+        colour = {"finished": "green", "skipped": "dim", "busy": "yellow", "failed": "red"}[
+            outcome.status
+        ]
         detail = f" in {outcome.seconds:.0f} s" if outcome.status == "finished" else ""
+        detail += f", repaired ({outcome.repaired})" if outcome.repaired else ""
         detail += f": {outcome.error}" if outcome.error else ""
         console.print(
             f"[{position}/{total}] {outcome.cell.relative_dir}: "
@@ -239,9 +245,10 @@ def _announcer(console: Console) -> Any:
 
 
 def _report(result: GridRun, out: Path, console: Console) -> None:
+    busy = f"{result.count('busy')} run by another process, " if result.count("busy") else ""
     console.print(
         f"{result.count('finished')} cells run, {result.count('skipped')} already finished, "
-        f"{result.count('failed')} failed, in {result.seconds:.0f} s. Summary: "
+        f"{busy}{result.count('failed')} failed, in {result.seconds:.0f} s. Summary: "
         f"{out / 'summary.csv'}; report: seglm report {out}",
         highlight=False,
     )
@@ -284,10 +291,10 @@ def run_on_cluster(grid: Grid, out: Path, settings: SlurmSettings, console: Cons
 def print_cells(grid: Grid, out: Path) -> None:
     from rich.table import Table
 
-    from seglm.experiments import cell_status
+    from seglm.experiments import cell_folder, cell_status
 
     cells = grid.cells()
     table = Table("cell", "status", title=f"{len(cells)} cells in {out}")
     for cell in cells:
-        table.add_row(str(cell.relative_dir), cell_status(out / cell.relative_dir))
+        table.add_row(str(cell.relative_dir), cell_status(cell_folder(out, cell)))
     Console().print(table)

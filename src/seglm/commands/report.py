@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from seglm.schema import SEED_MAX
+
 if TYPE_CHECKING:
     from seglm.report import Report
 
@@ -23,10 +25,14 @@ def register(app: typer.Typer) -> None:
             ),
         ],
         out: Annotated[
-            Path | None, typer.Option(help="Where report.md goes (default: RUNS_DIR).")
+            Path | None,
+            typer.Option(
+                help="Folder for report.md, report.json and figures/ (default: RUNS_DIR): a new "
+                "or empty folder, or one seglm made; only seglm's own files there are replaced."
+            ),
         ] = None,
         resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
-        seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+        seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the bootstrap.")] = 0,
         data_dir: Annotated[
             Path | None,
             typer.Option(
@@ -49,14 +55,27 @@ def register(app: typer.Typer) -> None:
         from seglm.grid_roscoe import score_roscoe
         from seglm.report import build_report
 
+        console = Console(stderr=True)
         try:
             if roscoe:
                 score_roscoe(runs)
             report = build_report(runs, out, resamples=resamples, seed=seed, data_dir=data_dir)
         except GridError as error:
-            Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+            console.print(f"[red]error:[/red] {error}", highlight=False)
             raise typer.Exit(1) from None
         print_report(report)
+        damaged = [row for row in report.rows if row["status"] == "damaged"]
+        for row in damaged:
+            console.print(
+                f"[red]damaged[/red], left out: {row['dir']}: {row['error']}", highlight=False
+            )
+        if damaged:
+            console.print(
+                f"{len(damaged)} damaged cell(s) left out of the report; `seglm compare` on the "
+                "grid repairs them",
+                highlight=False,
+            )
+            raise typer.Exit(1)
 
 
 # Written to a log or a pipe, the table is not wrapped to 80 columns (Rich's default there).

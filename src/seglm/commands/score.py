@@ -72,6 +72,7 @@ def register(app: typer.Typer) -> None:
         """Score PREDICTIONS with TASK's metrics and print the means."""
         from seglm.metrics import PredictionsFileError, aggregate, count_scored, score_file
 
+        _check_outputs(predictions, {"--per-example": per_example, "--correlations": correlations})
         fmt = answer_format.value if answer_format else _task_answer_format(task)
         try:
             scored = score_file(fmt, predictions, answer_match.value)
@@ -93,6 +94,22 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps({**summary, "counts": counts}))
         else:
             _print_table(task, fmt, len(scored), means, counts)
+
+
+def _check_outputs(predictions: Path, outputs: dict[str, Path | None]) -> None:
+    """An output file is never the predictions file read, nor another output, nor a folder."""
+    seen: dict[Path, str] = {predictions.resolve(): "PREDICTIONS"}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        if path.is_dir():
+            raise typer.BadParameter(f"{path} is a folder; give a file to write", param_hint=flag)
+        other = seen.setdefault(path.resolve(), flag)
+        if other != flag:
+            raise typer.BadParameter(
+                f"{path} is also {other}: writing it would replace that file; give another file",
+                param_hint=flag,
+            )
 
 
 def _task_answer_format(task: str) -> str:

@@ -138,7 +138,7 @@ def evaluate(
     job = prepare(model_ref, config, roscoe)
     with contextlib.ExitStack() as held:
         # 1. Lock: rank 0 holds the folder and checks that it holds this evaluation.
-        on_main(ranks, lambda: hold_folder(held, out, job.identity, config.overwrite))
+        on_main(ranks, lambda: hold_folder(held, out, job.identity, config.overwrite, ranks.world))
         # 2. Pending: the examples without a prediction in the folder.
         done = read_done_predictions(out, config.scoring)
         pending = [example for example in job.examples if example.id not in done]
@@ -263,12 +263,16 @@ def _roscoe_config(config: EvalConfig) -> Any:
 
 
 def hold_folder(
-    held: contextlib.ExitStack, out_dir: Path, identity: dict[str, Any], overwrite: bool
+    held: contextlib.ExitStack,
+    out_dir: Path,
+    identity: dict[str, Any],
+    overwrite: bool,
+    world: int = 1,
 ) -> None:
     """Lock the output folder for this evaluation (until ``held`` closes); create it, or check
-    that it holds this evaluation, to resume it."""
+    that it holds this evaluation, to resume it (``world``: the processes writing shares)."""
     held.enter_context(output_lock(out_dir))
-    prepare_out_dir(out_dir, identity, overwrite)
+    prepare_out_dir(out_dir, identity, overwrite, world)
 
 
 def score_share(

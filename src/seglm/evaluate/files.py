@@ -3,90 +3,76 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from seglm.distributed import Ranks
 from seglm.evaluate.common import EvalError
+from seglm.folders import (
+    FolderError,
+    check_replaceable,
+    hold,
+    ownership,
+    record_files,
+    remove_owned,
+)
 from seglm.json_lines import iter_jsonl
 from seglm.metrics import PredictionsFileError
 from seglm.runs import (
-    EVAL_LOCK_FILE,
     EVAL_SETTINGS_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
     differences,
-    folder_problem,
     write_json,
 )
 
 logger = logging.getLogger(__name__)
 
 
+EVAL_ADVICE = (
+    "wait for it to finish (a rerun then resumes from its predictions), or choose another "
+    "--output-dir"
+)
+
+
 @contextlib.contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the output folder for one evaluation: an exclusive lock on ``EVAL_LOCK_FILE`` in it,
-    so a second evaluation into the folder is refused at once, naming the process that holds
-    it, instead of both appending the same predictions. The kernel drops the lock when the
-    holder exits, however it exits (a stale lock file blocks no one)."""
-    from filelock import FileLock, Timeout
-
-    problem = folder_problem(out_dir)
-    if problem:
-        raise EvalError(f"output folder: {problem}; choose another output folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / EVAL_LOCK_FILE
-    lock = FileLock(path, timeout=0, on_acquired=_say_who_holds)
-    try:
-        lock.acquire()
-    except Timeout:
-        holder = path.read_text().strip() or "a process that has not said which yet"
-        raise EvalError(
-            f"{out_dir} is in use by another evaluation ({holder}); wait for it to finish (a "
-            "rerun then resumes from its predictions), or choose another --output-dir"
-        ) from None
-    except OSError as error:  # a file system without locks (ENOLCK, EOPNOTSUPP)
-        if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
-        logger.warning(
-            "%s: cannot lock it (%s); a second evaluation into it would not be noticed",
-            out_dir,
-            error,
-        )
+    """Hold the output folder for one evaluation (:func:`seglm.folders.hold`): a second
+    evaluation into it is refused at once, naming the process that holds it, instead of both
+    appending the same predictions; a folder that is not empty and that seglm did not make is
+    refused, naming its first file."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(hold(out_dir, "evaluation", EVAL_ADVICE))
+        except FolderError as error:
+            raise EvalError(str(error)) from None
         yield
-        return
+
+
+EVAL_FILES = (EVAL_SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE)
+
+
+def prepare_out_dir(
+    out_dir: Path, identity: dict[str, Any], overwrite: bool, world: int = 1
+) -> None:
+    """Check that the folder holds this evaluation (``identity``: what eval_config.json holds)
+    to resume it, or start it (``overwrite``: seglm's evaluation files removed first; other
+    files stay). ``world``: the processes that write a share of the predictions."""
+    shares = [f"predictions.rank{rank}.jsonl" for rank in range(world)] if world > 1 else []
+    names = [*EVAL_FILES, *(share.name for share in out_dir.glob(SHARE_PATTERN)), *shares]
     try:
-        yield
-    finally:
-        lock.release()
-
-
-def _say_who_holds(descriptor: int) -> None:
-    """The lock file's text, which a refused evaluation shows: this process, since when."""
-    import socket
-
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    os.ftruncate(descriptor, 0)
-    os.pwrite(
-        descriptor, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0
-    )
-
-
-def prepare_out_dir(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    """Create the folder, or check that it holds this evaluation (``identity``: what
-    eval_config.json holds) to resume it."""
+        if overwrite:
+            remove_owned(out_dir, names)
+        owned = ownership(out_dir)
+        for name in names:
+            check_replaceable(out_dir, name, owned)
+    except FolderError as error:
+        raise EvalError(str(error)) from None
     settings_file = out_dir / EVAL_SETTINGS_FILE
-    if overwrite:
-        for name in (EVAL_SETTINGS_FILE, PREDICTIONS_FILE, METRICS_FILE):
-            (out_dir / name).unlink(missing_ok=True)
-        for share in out_dir.glob(SHARE_PATTERN):
-            share.unlink()
     if settings_file.is_file():
         try:
             previous = json.loads(settings_file.read_text())
@@ -99,13 +85,14 @@ def prepare_out_dir(out_dir: Path, identity: dict[str, Any], overwrite: bool) ->
                 f"{out_dir} holds another evaluation ({details}); pass --overwrite to replace "
                 "it or choose another output folder"
             )
+        record_files(out_dir, *names)
         return
     if (out_dir / PREDICTIONS_FILE).exists():
         raise EvalError(
-            f"{out_dir / PREDICTIONS_FILE} exists without {EVAL_SETTINGS_FILE}: seglm did not "
-            "write it; choose another output folder"
+            f"{out_dir / PREDICTIONS_FILE} exists without {EVAL_SETTINGS_FILE}: not an "
+            "evaluation seglm can resume; pass --overwrite to start it again"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    record_files(out_dir, *names)
     write_json(settings_file, identity)
 
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seglm.checkpoints import file_problem, last_complete_checkpoint
 from seglm.config import TrainConfig, load_run_config
 from seglm.evaluate.common import ADAPTER_WEIGHTS, MODEL_WEIGHTS, EvalError
 from seglm.runs import (
     RUN_CONFIG_FILE,
     TRAIN_REPORT_FILE,
-    last_complete_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,22 @@ def resolve_model(
     Custom model code (an ``auto_map`` in the model's config) runs only with
     ``trust_remote_code``; a run folder's own ``trust_remote_code: true`` is ignored."""
     source = _resolve_model(model_ref, adapter)
+    for folder in {source.base, source.adapter} - {None}:
+        if Path(folder).is_dir():  # type: ignore[arg-type]
+            check_whole(Path(folder))  # type: ignore[arg-type]
     return dataclasses.replace(source, trust_remote_code=trust_remote_code)
+
+
+def check_whole(folder: Path) -> None:
+    """Refuse a model or adapter folder with a file that does not read whole (weights cut short
+    by a copy or a kill, a pickle that weights_only refuses), before anything loads it."""
+    for path in sorted(folder.iterdir()):
+        problem = file_problem(path) if path.is_file() else None
+        if problem:
+            raise EvalError(
+                f"{path} {problem}; the weights in {folder} are damaged: save or train them "
+                "again (a run's earlier checkpoint may still be whole)"
+            )
 
 
 def _resolve_model(

@@ -11,9 +11,12 @@ with one seed and evaluates the result, in its own folder under the runs folder:
     RUNS/{task}/{model}/{loss}-lam{λ}/seed{s}/      a run folder (seglm.train) + its evaluation
     RUNS/{task}/{model}/{arm name}/seed{s}/         the same for a named arm
 
-A cell is finished when its ``metrics.json`` exists (``cell_status``): a rerun skips it, so an
-interrupted grid resumes (a half-trained cell continues from its last checkpoint). A cell that
-fails writes its traceback to ``error.txt`` and the grid goes on; a rerun tries it again. Cells
+A cell is finished when its ``metrics.json`` exists and its files are whole and agree
+(``cell_status``): a rerun skips it, so an interrupted grid resumes (a half-trained cell
+continues from its last checkpoint), and repairs a damaged one from what is still whole. A cell
+that fails writes its traceback to ``error.txt`` and the grid goes on; a rerun tries it again.
+Each cell's folder is held by the process that runs it, so several processes (shards) may run
+one grid. Cells
 that share a seed share the data order (the Trainer's data seed) and every cell evaluates the
 same examples, so differences between cells of one seed come from the loss.
 
@@ -35,6 +38,7 @@ from seglm.experiments.grid import (
     Cell,
     Grid,
     GridError,
+    cell_folder,
     grid_cells,
     is_main_process,
     load_grid,
@@ -49,10 +53,13 @@ from seglm.experiments.runner import (
     GridRun,
     parse_shard,
     record_failure,
+    repair_cell,
     run_cell,
     run_grid,
 )
 from seglm.experiments.summary import (
+    cell_problem,
+    cell_problems,
     cell_row,
     cell_status,
     finished_cells,
@@ -73,6 +80,9 @@ __all__ = [
     "GridError",
     "GridRun",
     "cell_config",
+    "cell_folder",
+    "cell_problem",
+    "cell_problems",
     "cell_row",
     "cell_status",
     "check_grid",
@@ -88,6 +98,7 @@ __all__ = [
     "read_grid_file",
     "read_grid_values",
     "record_failure",
+    "repair_cell",
     "run_cell",
     "run_grid",
     "summarize",

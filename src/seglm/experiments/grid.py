@@ -12,27 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BeforeValidator
 
 from seglm.config import EVAL_FIELDS, FIELDS, ConfigError, EvalConfig, TrainConfig, coerce
+from seglm.folders import FolderError, hold, ownership, write_owned
 from seglm.losses.spec import LossSpec, canonical_loss_name
-from seglm.runs import (
-    GRID_FILE,
-    differences,
-    folder_problem,
-    write_atomically,
-)
+from seglm.paths import PathNameError, check_inside, check_name
+from seglm.runs import GRID_FILE, differences, folder_problem
 from seglm.schema import (
     CountList,
     Mapping,
-    NonNegativeInteger,
     NumberList,
+    Seed,
     Text,
     TextList,
     check_fields,
     check_keys,
     mapping_of,
+    read_yaml_file,
 )
 
 BASE = "base"
@@ -103,7 +100,7 @@ def _seed_count(value: Any) -> Any:
     return [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
 
-Seeds = Annotated[list[NonNegativeInteger], BeforeValidator(_seed_count)]
+Seeds = Annotated[list[Seed], BeforeValidator(_seed_count)]
 
 
 def spec_key(spec: str) -> frozenset[Any]:
@@ -159,8 +156,18 @@ class Cell:
 
 
 def model_slug(model: str) -> str:
-    """A folder name for a model: the last part of its id or path, lower case."""
-    return re.sub(r"[^a-z0-9.]+", "-", Path(model).name.lower()).strip("-") or "model"
+    """A folder name for a model: the last part of its id or path, lower case (never ``.`` or
+    ``..``: a folder name cannot start or end with a dot)."""
+    return re.sub(r"[^a-z0-9.]+", "-", Path(model).name.lower()).strip("-.") or "model"
+
+
+def cell_folder(root: Path, cell: Cell) -> Path:
+    """The folder of ``cell`` under the runs folder ``root``; one that resolves outside it (a
+    symbolic link pointing out) is refused."""
+    try:
+        return check_inside(root, root / cell.relative_dir, "cell folder")
+    except PathNameError as error:
+        raise GridError(str(error)) from None
 
 
 @dataclass
@@ -200,6 +207,11 @@ class Grid:
             raise GridError(f"losses: {error}") from None
         self.tasks = distinct(task.lower() for task in self.tasks)
         self.models = distinct(self.models)
+        try:
+            for task in self.tasks:
+                check_name(task, "tasks: task")
+        except PathNameError as error:
+            raise GridError(str(error)) from None
         self.seeds = distinct(self.seeds)
         self.lambdas = distinct(self.lambdas)
         self.train_sizes = distinct(self.train_sizes)
@@ -415,11 +427,9 @@ def read_grid_values(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A grid file's mapping, not yet checked."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise GridError(f"cannot read grid file {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise GridError(f"{path}: not valid YAML: {error}") from None
+        values = read_yaml_file(path, "grid file")
+    except ConfigError as error:
+        raise GridError(str(error)) from None
     if not isinstance(values, dict):
         raise GridError(f"{path}: expected a mapping (tasks, models, losses, ...)")
     return values
@@ -461,6 +471,16 @@ def grid_cells(values: dict[str, Any]) -> list[Cell]:
     return grid.cells()
 
 
+# Grid-wide files (grid.json, the summary) are written under the runs folder's lock, held for
+# the write only: several processes (shards) run one grid, each holding the cells it runs.
+ROOT_WAIT_S = 60.0
+
+
+def holding_root(root: Path) -> Any:
+    """The runs folder held for a short write; another process's write is waited for."""
+    return hold(root, "grid", wait=ROOT_WAIT_S)
+
+
 def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
     """Write grid.json, or check that the folder's grid is compatible and extend its axes
     (more losses, λ or seeds); an incompatible grid is refused naming the differing keys."""
@@ -470,8 +490,17 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
         raise GridError(f"runs folder: {problem}; choose another --out")
     if not is_main_process():  # rank 0 checks and writes the folder
         return current
+    try:
+        with holding_root(root):
+            return _prepare_held_root(grid, root, current)
+    except FolderError as error:
+        raise GridError(f"runs folder: {error}") from None
+
+
+def _prepare_held_root(grid: Grid, root: Path, current: dict[str, Any]) -> dict[str, Any]:
     path = root / GRID_FILE
-    if path.is_file():
+    owned = ownership(root)
+    if path.is_file() and owned is not None and owned.owns(GRID_FILE):
         previous = read_grid_file(root)
         identity = {key: current[key] for key in grid.identity()}
         changed = differences(_as_now(previous), identity)
@@ -484,12 +513,12 @@ def prepare_root(grid: Grid, root: Path) -> dict[str, Any]:
             current[axis] = distinct([*previous.get(axis, []), *current[axis]])
         current["arms"] = _merged_arms(previous.get("arms", {}), current["arms"], root)
         current["base"] = bool(previous.get("base")) or grid.base
-    elif root.exists() and any(root.iterdir()):
+    elif owned is not None and (owned.folders or any((root / f).exists() for f in owned.files)):
         raise GridError(
-            f"{root} is not empty and holds no {GRID_FILE}: choose a new or empty runs folder"
+            f"{root} holds seglm files but no {GRID_FILE} (not a runs folder): choose a new or "
+            "empty runs folder"
         )
-    root.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(current, indent=2) + "\n")
+    write_owned(root, GRID_FILE, json.dumps(current, indent=2) + "\n")
     return current
 
 

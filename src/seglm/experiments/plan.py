@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from seglm.config import ConfigError, EvalConfig, TrainConfig
-from seglm.experiments.grid import CE, Cell, Grid, GridError
+from seglm.experiments.grid import CE, Cell, Grid, GridError, cell_folder
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def plan_cell(grid: Grid, cell: Cell, root: Path) -> CellPlan:
         trust_remote_code=config.trust_remote_code,
     )
     train = None if cell.is_base else config
-    return CellPlan(cell, root / cell.relative_dir, train, evaluation)
+    return CellPlan(cell, cell_folder(root, cell), train, evaluation)
 
 
 def cell_config(grid: Grid, cell: Cell, root: Path) -> TrainConfig:

@@ -3,8 +3,10 @@ cell at a time in this process, or several side by side in worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import json
 import os
 import time
 import traceback
@@ -13,15 +15,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seglm.checkpoints import last_complete_checkpoint
 from seglm.config import TrainConfig
 from seglm.experiments.grid import Cell, Grid, GridError, grid_cells, is_main_process, prepare_root
 from seglm.experiments.plan import CellPlan, check_grid, plan_cells
-from seglm.experiments.summary import cell_status, summarize, unfinished, write_summary
+from seglm.experiments.summary import (
+    cell_problem,
+    cell_problems,
+    cell_status,
+    summarize,
+    unfinished,
+    write_summary,
+)
+from seglm.folders import FolderBusy, FolderError, hold, remove_owned, write_owned
+from seglm.json_lines import whole_lines
 from seglm.runs import (
     CELL_ERROR_FILE,
+    EVAL_SETTINGS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    ROSCOE_FILE,
     RUN_CONFIG_FILE,
+    TRAIN_LOG_FILE,
     TRAIN_REPORT_FILE,
-    last_complete_checkpoint,
     write_atomically,
 )
 
@@ -37,18 +53,44 @@ def _barrier() -> None:
 @dataclass
 class CellOutcome:
     cell: Cell
-    status: str  # finished, skipped (finished before), failed
+    status: str  # finished, skipped (finished before), busy (another process runs it), failed
     seconds: float
     error: str | None = None
+    repaired: str | None = None  # what of a damaged cell was redone, and why
+
+
+CELL_ADVICE = "this run leaves the cell to it"
 
 
 def run_cell(plan: CellPlan, progress: bool = True) -> CellOutcome:
-    """Train (unless the base model or already trained) and evaluate one cell; a failure is
-    written to the cell's error.txt and returned, never raised."""
-    if cell_status(plan.folder) == "finished":  # e.g. a requeued job whose cell had finished
-        return _skipped(plan)
+    """Train (unless the base model or already trained) and evaluate one cell, holding its
+    folder (another process that holds it leaves it to that one: ``busy``); a damaged cell is
+    repaired from what is still whole. A failure is written to the cell's error.txt and
+    returned, never raised."""
     started = time.perf_counter()
-    (plan.folder / CELL_ERROR_FILE).unlink(missing_ok=True)
+    held = hold(plan.folder, "grid cell", CELL_ADVICE) if is_main_process() else None
+    try:
+        with held or contextlib.nullcontext():
+            return _run_held_cell(plan, progress, started)
+    except FolderBusy as error:
+        return CellOutcome(plan.cell, "busy", 0.0, str(error))
+    except FolderError as error:  # the cell folder is not seglm's: nothing is written there
+        return CellOutcome(plan.cell, "failed", time.perf_counter() - started, str(error))
+
+
+def _run_held_cell(plan: CellPlan, progress: bool, started: float) -> CellOutcome:
+    # Judged now that this process holds the folder: another may have finished it meanwhile.
+    status = cell_status(plan.folder)
+    if status == "finished":  # e.g. a requeued job whose cell had finished
+        return _skipped(plan)
+    repaired = None
+    if status == "damaged":
+        repaired = cell_problem(plan.folder)
+        if is_main_process():
+            repair_cell(plan.folder)
+        _barrier()
+    if is_main_process():
+        remove_owned(plan.folder, [CELL_ERROR_FILE])
     try:
         if plan.train is not None:
             if not (plan.folder / TRAIN_REPORT_FILE).is_file():
@@ -57,7 +99,27 @@ def run_cell(plan: CellPlan, progress: bool = True) -> CellOutcome:
         _evaluate(plan, progress)
     except Exception:  # one failed cell must not stop the grid
         return record_failure(plan.cell, plan.folder, traceback.format_exc(), started)
-    return CellOutcome(plan.cell, "finished", time.perf_counter() - started)
+    return CellOutcome(plan.cell, "finished", time.perf_counter() - started, repaired=repaired)
+
+
+def repair_cell(folder: Path) -> None:
+    """Remove what of a damaged cell cannot be kept, so that the run redoes it from what is
+    still whole: training's report or log damaged, the run is resumed from its last whole
+    checkpoint (or trained again) and evaluated again; else the evaluation resumes from the
+    predictions that read whole (a torn one is made again) and scores them again."""
+    problems = cell_problems(folder)
+    evaluation = [METRICS_FILE, ROSCOE_FILE]
+    if TRAIN_REPORT_FILE in problems or TRAIN_LOG_FILE in problems:
+        remove_owned(folder, [TRAIN_REPORT_FILE, *evaluation, PREDICTIONS_FILE, EVAL_SETTINGS_FILE])
+        return
+    if EVAL_SETTINGS_FILE in problems:  # the predictions cannot be vouched for without it
+        evaluation += [PREDICTIONS_FILE, EVAL_SETTINGS_FILE]
+    remove_owned(folder, evaluation)
+    predictions = folder / PREDICTIONS_FILE
+    if PREDICTIONS_FILE in problems and predictions.is_file():
+        kept = [r for r in whole_lines(predictions) if isinstance(r.get("metrics"), dict)]
+        text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept)
+        write_atomically(predictions, text)
 
 
 def _skipped(plan: CellPlan) -> CellOutcome:
@@ -67,8 +129,9 @@ def _skipped(plan: CellPlan) -> CellOutcome:
 def record_failure(cell: Cell, folder: Path, text: str, started: float) -> CellOutcome:
     """The cell's error.txt (its last line is the summary row's error) and its outcome."""
     if is_main_process():
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(folder / CELL_ERROR_FILE, text)
+        # Held already when the failure is this process's; another process may hold it now.
+        with contextlib.suppress(FolderError), hold(folder, "grid cell"):
+            write_owned(folder, CELL_ERROR_FILE, text)
     lines = text.strip().splitlines()
     return CellOutcome(cell, "failed", time.perf_counter() - started, lines[-1] if lines else None)
 

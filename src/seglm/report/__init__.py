@@ -25,7 +25,9 @@ import json
 from itertools import groupby
 from pathlib import Path
 
-from seglm.experiments import read_grid_file, summarize
+from seglm.experiments import GridError, read_grid_file, summarize
+from seglm.experiments.grid import ROOT_WAIT_S
+from seglm.folders import FolderError, check_claim, check_replaceable, hold, record_files
 from seglm.report.answers import answer_format, constant_answer
 from seglm.report.figures import (
     correlations,
@@ -50,7 +52,7 @@ from seglm.report.render import (
     verdict_text,
 )
 from seglm.report.statistics import arm_stats, headline
-from seglm.runs import FIGURES_DIR, REPORT_JSON, REPORT_MARKDOWN
+from seglm.runs import FIGURES_DIR, REPORT_JSON, REPORT_MARKDOWN, write_atomically
 from seglm.stats import DEFAULT_RESAMPLES
 
 __all__ = [
@@ -77,26 +79,55 @@ def build_report(
     """Read a runs folder, compute the statistics, draw the figures and write report.md and
     report.json (into ``out_dir``, by default the runs folder). ``data_dir`` holds the task's
     training split for the best constant answer of a multiple-choice task (default: the grid's
-    ``data_dir``, then ``$SEGLM_DATA_DIR``, then the hub)."""
+    ``data_dir``, then ``$SEGLM_DATA_DIR``, then the hub). A damaged cell is left out and listed
+    with why (its summary row's status ``damaged``). Files of those names that seglm did not
+    write are refused."""
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root
-    grid = read_grid_file(root)
+    grid = read_grid_file(root)  # a folder that holds no grid is named as such first
+    try:
+        check_claim(out, "report")  # a folder that is not seglm's: refused before any work
+    except FolderError as error:
+        raise GridError(f"report folder: {error}") from None
     groups = load_groups(root)
     rows = summarize(root)
-    (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+    size_figures = {
+        (g.task, g.model): f"{FIGURES_DIR}/{figure_slug(g.task, g.model)}-sizes.png" for g in groups
+    }
+    names = [
+        REPORT_MARKDOWN,
+        REPORT_JSON,
+        *(f for group in groups for f in _figure_files(group)),
+        *size_figures.values(),
+    ]
     train = grid.get("train", {})
     data = str(data_dir) if data_dir is not None else train.get("data_dir")
     split = str(train.get("train_split") or "train")
-    reports = [_group_report(group, out, resamples, seed, split, data) for group in groups]
-    sizes = {}
-    for (task, model), members in groupby(reports, key=lambda r: (r.group.task, r.group.model)):
-        path = out / FIGURES_DIR / f"{figure_slug(task, model)}-sizes.png"
-        if plot_training_sizes(list(members), path):
-            sizes[(task, model)] = path
-    report = Report(out / REPORT_MARKDOWN, reports, rows, sizes)
-    report.path.write_text(render_markdown(report, grid, out, resamples), encoding="utf-8")
-    (out / REPORT_JSON).write_text(json.dumps(report_json(report), indent=2) + "\n")
+    try:
+        with hold(out, "report", wait=ROOT_WAIT_S):
+            owned = check_claim(out, "report")
+            for name in names:
+                check_replaceable(out, name, owned)
+            record_files(out, *names)
+            (out / FIGURES_DIR).mkdir(exist_ok=True)
+            reports = [_group_report(g, out, resamples, seed, split, data) for g in groups]
+            sizes = {}
+            for key, members in groupby(reports, key=lambda r: (r.group.task, r.group.model)):
+                if plot_training_sizes(list(members), out / size_figures[key]):
+                    sizes[key] = out / size_figures[key]
+            report = Report(out / REPORT_MARKDOWN, reports, rows, sizes)
+            write_atomically(report.path, render_markdown(report, grid, out, resamples))
+            write_atomically(out / REPORT_JSON, json.dumps(report_json(report), indent=2) + "\n")
+    except FolderError as error:
+        raise GridError(f"report folder: {error}") from None
     return report
+
+
+FIGURES = ("main", "lambda", "errors", "training", "correlations")
+
+
+def _figure_files(group: Group) -> list[str]:
+    return [f"{FIGURES_DIR}/{group.slug}-{name}.png" for name in FIGURES]
 
 
 def _group_report(

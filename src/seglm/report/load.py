@@ -17,6 +17,7 @@ from seglm.experiments import (
     BASE,
     Cell,
     GridError,
+    cell_folder,
     finished_cells,
     grid_cells,
     model_slug,
@@ -214,7 +215,7 @@ def _load_group(
     root: Path, key: tuple[str, str, int | None], cells: list[Cell], ce_scope: str
 ) -> Group:
     task, model, train_size = key
-    folders = [(cell, root / cell.relative_dir) for cell in cells]
+    folders = [(cell, cell_folder(root, cell)) for cell in cells]
     _check_same_evaluation(folders)
     ids: list[str] | None = None
     references: list[str] = []

@@ -366,10 +366,13 @@ def render_markdown(report: Report, grid: dict[str, Any], out: Path, resamples: 
         f"`{settings.get('scoring', 'generate')}` (greedy decoding).",
         "",
         f"Cells: {len(status['finished'])} finished, {len(status['failed'])} failed, "
-        f"{len(status['pending'])} pending.",
+        f"{len(status['pending'])} pending"
+        + (f", {len(status['damaged'])} damaged (left out)." if status["damaged"] else "."),
     ]
     for row in status["failed"]:
         lines.append(f"- failed: `{row['dir']}`: {row.get('error', '')} (see its error.txt)")
+    for row in status["damaged"]:
+        lines.append(f"- damaged: `{row['dir']}`: {row['error']} (`seglm compare` repairs it)")
     lines += ["", *_how_to_read(resamples)]
     for key, members in groupby(report.groups, key=lambda g: (g.group.task, g.group.model)):
         for group_report in members:

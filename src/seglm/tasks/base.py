@@ -143,6 +143,12 @@ class Record:
                 f"expected a JSON object, got {type(value).__name__}",
                 "not an object",
             )
+        if isinstance(self.raw, str) and "\\ud" in self.raw.lower():
+            try:  # an escaped half of a UTF-16 pair (\ud800) decodes to text no tokenizer takes
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                problem = "holds a lone surrogate escape (such as \\ud800), which is not text"
+                raise DataError(self.where, None, problem, "not text") from None
         return value
 
 

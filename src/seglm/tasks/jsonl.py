@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from seglm.paths import check_name
+
 from .base import (
     DataDir,
     Example,
@@ -86,6 +88,7 @@ class Jsonl(Task):
         return split  # any name: the file it needs is checked when it is opened
 
     def split_file(self, split: str, data_dir: DataDir) -> Path:
+        check_name(split, "split")  # a file name in the data folder, never a path out of it
         if self.path is None and data_dir is None:
             raise ValueError("jsonl needs the option path=FILE_OR_FOLDER, or a data dir")
         root = Path(self.path if self.path is not None else data_dir)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seglm.config import TrainConfig, resolve_config
+from seglm.config import ConfigError, TrainConfig, resolve_config
 from seglm.train.arguments import check_trainer_args, training_arguments
 from seglm.train.callbacks import (
     PROGRESS_CALLBACK,
@@ -48,9 +48,10 @@ from seglm.train.checks import (
     check_task_name,
     distributed_problem,
     load_checked_tokenizer,
+    remote_code_refused,
 )
 from seglm.train.fit import TrainResult, checkpoint_selection, fit
-from seglm.train.run_folder import check_run_dir, prepare_run_dir
+from seglm.train.run_folder import check_run_dir, holding_run_dir, prepare_run_dir
 from seglm.train.splits import EVAL_SPLITS, PreparedData, prepare_data
 
 
@@ -70,16 +71,31 @@ def train(
     objective = build_objective(config)
     check_environment(config)
     check_trainer_args(config)
-    resume_from = check_run_dir(config)
-    check_task_name(config.task)
-    check_model_name(config.model)
-    tokenizer = load_checked_tokenizer(config)
-    data = prepare_data(config, tokenizer)
-    args = training_arguments(config, has_eval=data.eval is not None, progress=progress)
-    with args.main_process_first(desc="prepare the run folder"):
-        if args.process_index == 0:
-            prepare_run_dir(config, resume_from)
-    return fit(config, objective, tokenizer, data, args, resume_from, callbacks)
+    check_run_dir(config)  # refused before anything is written, or the folder made
+    with holding_run_dir(config):
+        resume_from = check_run_dir(config)  # again, now that no other process writes it
+        check_task_name(config.task)
+        check_model_name(config.model)
+        tokenizer = load_checked_tokenizer(config)
+        data = prepare_data(config, tokenizer)
+        args = training_arguments(config, has_eval=data.eval is not None, progress=progress)
+        with args.main_process_first(desc="prepare the run folder"):
+            if args.process_index == 0:
+                prepare_run_dir(config, resume_from)
+        try:
+            return fit(config, objective, tokenizer, data, args, resume_from, callbacks)
+        except ValueError as error:  # transformers refusing a model's custom code
+            if "trust_remote_code" not in str(error) or config.trust_remote_code:
+                raise
+            raise ConfigError(remote_code_refused(config.model)) from None
+        except RuntimeError as error:  # torch.OutOfMemoryError, or the CPU allocator's
+            if not any(text in str(error) for text in ("out of memory", "can't allocate memory")):
+                raise
+            raise ConfigError(
+                f"out of memory while training ({str(error).splitlines()[0][:200]}); lower "
+                "batch_size (raise grad_accum to keep the batch), max_length or lora_r, or turn "
+                "on gradient_checkpointing"
+            ) from None
 
 
 def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:

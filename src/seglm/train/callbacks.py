@@ -192,3 +192,25 @@ def loss_summary(logs: dict[str, Any]) -> str:
     if "eval_loss" in logs:
         parts.append(f"eval {logs['eval_loss']:.4g}")
     return "  ".join(parts)
+
+
+def checkpoint_owner_callback(run_dir: Path) -> Any:
+    """A TrainerCallback that records each checkpoint folder as seglm's (seglm.folders) before
+    the Trainer saves it, so that a save cut short leaves a folder seglm may delete (main
+    process only)."""
+    from transformers import TrainerCallback
+
+    from seglm.folders import record_files
+
+    def claim_next_save(args: Any, state: Any, control: Any) -> None:
+        if control.should_save and state.is_world_process_zero:
+            record_files(run_dir, folders=[f"checkpoint-{state.global_step}"])
+
+    class CheckpointOwner(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            claim_next_save(args, state, control)
+
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            claim_next_save(args, state, control)
+
+    return CheckpointOwner()

@@ -108,6 +108,18 @@ def load_checked_tokenizer(config: TrainConfig) -> Any:
         return load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     except OSError as error:
         raise ConfigError(f"model {config.model!r}: cannot load its tokenizer: {error}") from None
+    except ValueError as error:  # transformers' word for a tokenizer it cannot build
+        if "trust_remote_code" in str(error) and not config.trust_remote_code:
+            raise ConfigError(remote_code_refused(config.model)) from None
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"model {config.model!r}: cannot load its tokenizer: {first}") from None
+
+
+def remote_code_refused(model: str) -> str:
+    return (
+        f"model {model!r} needs custom code (an auto_map in its config) to load; read that "
+        "code, then pass --trust-remote-code to run it"
+    )
 
 
 def check_selection_split(config: TrainConfig, task: Any, eval_split: str | None) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from seglm.config import TrainConfig
+from seglm.folders import file_stamps, record_files, written_since
 from seglm.runs import TRAIN_LOG_FILE, TRAIN_REPORT_FILE, write_json
 from seglm.train.callbacks import (
+    checkpoint_owner_callback,
     console_progress_callback,
     jsonl_log_callback,
     run_progress_callback,
@@ -63,14 +65,22 @@ def fit(
         processing_class=tokenizer,
         objective=objective,
         fused_loss=config.fused_loss,
-        callbacks=[jsonl_log_callback(config.run_dir / TRAIN_LOG_FILE), progress, *callbacks],
+        callbacks=[
+            jsonl_log_callback(config.run_dir / TRAIN_LOG_FILE),
+            checkpoint_owner_callback(config.run_dir),
+            progress,
+            *callbacks,
+        ],
     )
     progress.trainer = trainer
     _show_progress_on_the_console(trainer, config)
     output = trainer.train(resume_from_checkpoint=resume_from)
     remove_fused_head(model)
+    before = file_stamps(config.run_dir)
     trainer.save_model(str(config.run_dir))
     trainer.save_state()
+    if args.process_index == 0:  # the weights, tokenizer and state at the root are seglm's
+        record_files(config.run_dir, *written_since(config.run_dir, before))
     state = trainer.state
     weights = "best" if args.load_best_model_at_end and state.best_model_checkpoint else "last"
     eval_losses = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
@@ -114,6 +124,7 @@ def fit(
         "metrics": metrics,
     }
     if args.process_index == 0:
+        record_files(config.run_dir, TRAIN_REPORT_FILE)
         write_json(config.run_dir / TRAIN_REPORT_FILE, report)
     return TrainResult(
         run_dir=config.run_dir,
