@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import resource
 import shutil
 import time
@@ -42,6 +43,7 @@ from seglm.config import (
     resolve_config,
     write_config,
 )
+from seglm.distributed import unlaunched_gpus_problem, visible_gpu_count
 from seglm.runs import (
     RUN_CONFIG_FILE,
     TRAIN_LOG_FILE,
@@ -91,6 +93,8 @@ def train(
     config = _as_config(config)
     objective = build_objective(config)
     check_environment(config)
+    if problem := unlaunched_gpus_problem(visible_gpu_count(), os.environ):
+        raise ConfigError(problem)
     resume_from = check_run_dir(config)
     check_task_name(config.task)
     check_model_name(config.model)
