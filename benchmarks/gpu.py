@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import importlib.metadata
 import json
 import math
@@ -71,7 +70,7 @@ from seglm.fused_head import FusedObjectiveHead, install_fused_head, remove_fuse
 from seglm.losses import LOSS_NAMES, Objective
 from seglm.losses.fused import fused_objective_loss
 from seglm.losses.objective import SET_LOSSES
-from seglm.models import parse_dtype
+from seglm.models import free_memory, parse_dtype
 
 GIB = 2**30
 FUSED, MATERIALISED = "seglm fused", "seglm materialised"
@@ -247,12 +246,6 @@ def guarded(row: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str
         row.update(status="error", note=f"{type(error).__name__}: {error}"[:400])
     free_memory()
     return row
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # --- output layer + loss -------------------------------------------------------------------

@@ -520,7 +520,13 @@ def _fit(
         callbacks=[jsonl_log_callback(config.run_dir / TRAIN_LOG_FILE), progress, *callbacks],
     )
     progress.trainer = trainer
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        # The callback is one of the trainer's: without this cycle the model is freed when
+        # this returns, not at the next garbage collection (a grid cell's evaluation loads
+        # the model again, on the same GPU).
+        progress.trainer = None
     remove_fused_head(model)
     trainer.save_model(str(config.run_dir))
     trainer.save_state()
