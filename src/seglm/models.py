@@ -13,6 +13,7 @@ import gc
 import importlib.util
 import os
 import shutil
+import string
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,6 +207,20 @@ def load_model(
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
     )
+
+
+def char_tokenizer() -> Any:
+    """A fast tokenizer with one token per printable ASCII character (and newline) plus EOS:
+    with :func:`tiny_llama`, a model folder that needs no download (for tests)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    eos, unknown = "<|endoftext|>", "<unk>"
+    symbols = [eos, unknown, *dict.fromkeys(string.printable)]
+    backend = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token=unknown))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, unk_token=unknown)
 
 
 def tiny_llama(vocab_size: int = 128, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Any:
