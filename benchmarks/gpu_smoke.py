@@ -176,8 +176,9 @@ def smoke_rows(
     seglm = [sys.executable, "-m", "seglm"]
     one_gpu = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     every_gpu = dict(one_gpu)
-    if gpus > 1:
-        one_gpu.setdefault("CUDA_VISIBLE_DEVICES", "0")
+    if gpus > 1:  # the first visible GPU alone
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES") or "0"
+        one_gpu["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0]
     if work.exists():
         shutil.rmtree(work)
     model = save_model(work / "model", sizes)
