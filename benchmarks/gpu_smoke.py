@@ -188,7 +188,9 @@ def smoke_rows(
         left = seconds_left()
         return sizes.step_timeout_s if left is None else min(left, sizes.step_timeout_s)
 
-    def run(name: str, command: list[str], env: dict[str, str], check: Any) -> dict[str, Any]:
+    def run(
+        name: str, command: list[str], env: dict[str, str], check: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
         limit = timeout()
         if limit is not None and limit <= 0:
             return {"step": name, "status": "skipped", "note": "time budget spent"}
