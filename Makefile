@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 # Both create .venv if it is missing and install the project into it.
-# GPU users: override TORCH_SPEC / TORCH_INDEX, e.g.
-#   make test TORCH_SPEC="torch==2.5.1" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu124"
+# GPU users: override TORCH_SPEC / TORCH_INDEX (transformers 5 and accelerate 1.16 need torch >= 2.6), e.g.
+#   make test TORCH_SPEC="torch==2.8.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0

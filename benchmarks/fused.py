@@ -9,7 +9,8 @@ paper's Llama / StableLM setting): materialised through the PEFT layer's own for
 through ``seglm.fused_head.FusedLoraHead``. The extra loss
 ``torch_ce`` compares the fused CE with plain ``F.cross_entropy`` on materialised float32
 logits, the usual way of computing it. Each configuration runs in a fresh subprocess;
-its memory is the peak RSS (``ru_maxrss``) minus the RSS once the inputs exist, so it includes
+its memory is the peak RSS during forward and backward (Linux's ``VmHWM``, reset once the inputs
+exist, so a higher peak while they were built does not hide it) minus the RSS then; it includes
 the gradients of hidden and weight that both paths produce. Time is wall-clock and CPU time (the
 latter is steadier on a shared machine).
 
@@ -54,8 +55,18 @@ def zipf_targets(n: int, vocab: int, generator: torch.Generator) -> torch.Tensor
     return torch.randperm(vocab, generator=generator)[draws]
 
 
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def memory_status(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``: the peak RSS) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> int:
+    """Make the peak RSS the current RSS (Linux >= 4.0) and return it."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return memory_status("VmRSS")
 
 
 def cpu_seconds() -> float:
@@ -115,11 +126,12 @@ def run_one(
             loss_value = objective(F.linear(hidden, weight), labels).loss
         loss_value.backward()
 
-    baseline = peak_rss()
+    baseline = reset_peak_rss()
     cpu, wall = cpu_seconds(), time.perf_counter()
     forward_backward()
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    return {"seconds": wall, "cpu_seconds": cpu, "extra_bytes": max(peak_rss() - baseline, 0)}
+    extra = max(memory_status("VmHWM") - baseline, 0)
+    return {"seconds": wall, "cpu_seconds": cpu, "extra_bytes": extra}
 
 
 def measure(path: str, loss: str, shape: str, frozen: bool, dtype: str, lora_rank: int) -> dict:

@@ -1,9 +1,9 @@
 """seglm's fused output layer + loss against Liger-Kernel, Cut Cross-Entropy and TRL on a GPU,
 and a LoRA training step of a model of Llama-3.2-1B's shape.
 
-On the device machine, one call of about 4-5 minutes on an H200 (a 390 s time budget skips the
-rows that would start later), after carrying the wheels of the comparison (README.md, "Measuring
-on a GPU"; the download command is at the top of benchmarks/gpu_device.sh):
+On this workplace's GPU machine, one call of about 8 minutes runs it with the smoke test of
+seglm's GPU path first (``--parts smoke``, benchmarks/gpu_smoke.py), after carrying the wheels
+that machine lacks (README.md, "Measuring on a GPU"; benchmarks/gpu_device.sh says how):
 
     bash benchmarks/gpu_device.sh        # device tool: carry [".whl"], timeout_s 480; writes $OUT
 
@@ -12,6 +12,7 @@ Elsewhere:
     python benchmarks/gpu.py                       # CUDA: the full grid below; no CUDA: --small
     python benchmarks/gpu.py --small               # CPU sizes: seconds (what the test runs)
     python benchmarks/gpu.py --parts head --shapes 16384x151936x4096 --out /tmp/one.json
+    python benchmarks/gpu.py --parts smoke         # seglm train and eval end to end (minutes)
 
 **Output layer + loss** (``--parts head``): forward and backward from hidden states and a trained
 output weight ``[V, H]`` (bf16 on CUDA) at N = 16384 tokens (16 sequences of 1024, Zipf targets as
@@ -45,14 +46,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import importlib.metadata
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -63,15 +65,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from fused import zipf_targets  # benchmarks/fused.py
+from gpu_smoke import smoke_rows, smoke_table  # benchmarks/gpu_smoke.py
 from torch import Tensor
 
 from seglm.adapters import add_adapter, base_dtype
 from seglm.config import TrainConfig
 from seglm.fused_head import FusedObjectiveHead, install_fused_head, remove_fused_head
 from seglm.losses import LOSS_NAMES, Objective
-from seglm.losses.fused import fused_objective_loss
-from seglm.losses.objective import SET_LOSSES
-from seglm.models import parse_dtype
+from seglm.losses.fused import _sums_half_products_in_float32, fused_objective_loss
+from seglm.losses.registry import get_term
+from seglm.models import free_memory, parse_dtype
 
 GIB = 2**30
 FUSED, MATERIALISED = "seglm fused", "seglm materialised"
@@ -249,12 +252,6 @@ def guarded(row: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str
     return row
 
 
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 # --- output layer + loss -------------------------------------------------------------------
 
 
@@ -384,6 +381,10 @@ class Budget:
 
     def spent(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def left(self) -> float | None:
+        """Seconds left (None: no budget)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
 
 def measure_head(inputs: HeadInputs, loss: HeadLoss, clock: Clock, sizes: Sizes) -> dict[str, Any]:
@@ -576,7 +577,8 @@ def add_targets(rows: list[dict[str, Any]]) -> None:
                 ]
             else:
                 terms = set(Objective.from_spec(row["spec"]).weights) - {"ce"}
-                limit = SET_LIMIT if terms & SET_LOSSES else PER_TOKEN_LIMIT
+                is_set = any(get_term(name).is_set for name in terms)
+                limit = SET_LIMIT if is_set else PER_TOKEN_LIMIT
                 row["targets"] = [
                     target(f"time ≤ {limit}x fused CE", row["x_fused_ce_time"], limit)
                 ]
@@ -643,6 +645,11 @@ def train_table(rows: list[dict[str, Any]]) -> str:
 
 
 def progress(row: dict[str, Any]) -> str:
+    if "step" in row:  # the smoke test
+        seconds = f" ({row['seconds']} s)" if "seconds" in row else ""
+        return (
+            f"[{time.strftime('%H:%M:%S')}] smoke {row['step']}: {status_cell(row, 'ok')}{seconds}"
+        )
     what = " ".join(str(row[k]) for k in ("n", "v", "h", "method", "model") if k in row)
     what += f" {row['spec']}" + ("" if "fused" not in row else f" fused={row['fused']}")
     return (
@@ -650,7 +657,18 @@ def progress(row: dict[str, Any]) -> str:
     )
 
 
-PACKAGES = ("torch", "transformers", "peft", "triton", "liger-kernel", "cut-cross-entropy", "trl")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "triton",
+    "pydantic",
+    "liger-kernel",
+    "cut-cross-entropy",
+    "trl",
+    "datasets",
+)
 
 
 def versions() -> dict[str, str | None]:
@@ -672,7 +690,13 @@ def target_summary(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="CPU sizes (the default without CUDA)")
-    parser.add_argument("--parts", nargs="+", choices=["head", "train"], default=["head", "train"])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["smoke", "head", "train"],
+        default=["head", "train"],
+        help="smoke: seglm train/eval end to end (benchmarks/gpu_smoke.py; not by default)",
+    )
     parser.add_argument("--shapes", nargs="+", metavar="NxVxH", help="output-layer shapes")
     parser.add_argument(
         "--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, else fp32"
@@ -703,7 +727,11 @@ def main(argv: list[str] | None = None) -> int:
             "loss_names": list(LOSS_NAMES),
             "sizes": asdict(sizes),
             "command": sys.argv if argv is None else ["benchmarks/gpu.py", *argv],
+            # Whether the weight gradient's bf16 chunk products are added in float32 by
+            # torch.addmm(out_dtype=...) here (else by a float32 product).
+            "fp32_sums_of_bf16_products": _sums_half_products_in_float32(device),
         },
+        "smoke": [],
         "head": [],
         "train_step": [],
     }
@@ -716,7 +744,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{results['settings']['device']}, {dtype}, {'small' if small else 'full'} sizes",
         flush=True,
     )
+    smoke_dir = Path(tempfile.mkdtemp(prefix="seglm-smoke-"))  # model folders, runs
+    cuda = device.type == "cuda"
     parts = {  # part -> (results key, rows)
+        "smoke": (
+            "smoke",
+            lambda: smoke_rows(smoke_dir, cuda, torch.cuda.device_count(), budget.left),
+        ),
         "train": ("train_step", lambda: train_rows(sizes, device, dtype, budget)),
         "head": (
             "head",
@@ -725,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ),
     }
-    for part in ("train", "head"):  # the short part first: a spent budget skips head rows
+    # The short parts first: a spent budget skips head rows.
+    for part in ("smoke", "train", "head"):
         if part not in args.parts:
             continue
         key, rows = parts[part]
@@ -733,9 +768,12 @@ def main(argv: list[str] | None = None) -> int:
             print(progress(row), flush=True)
             results[key].append(row)
             save()
+    shutil.rmtree(smoke_dir)
     add_step_ratios(results["train_step"])
     add_targets(results["head"])
     save()
+    if results["smoke"]:
+        print("\n" + smoke_table(results["smoke"]))
     if results["head"]:
         print("\n" + head_table(results["head"]) + "\n\n" + target_summary(results["head"]))
     if results["train_step"]:
@@ -743,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {out}")
     failed = [
         row
-        for row in results["head"] + results["train_step"]
+        for row in results["smoke"] + results["head"] + results["train_step"]
         if row.get("status") == "error" and row.get("method", FUSED) in (FUSED, MATERIALISED)
     ]
     return 1 if failed else 0

@@ -1,35 +1,64 @@
 #!/usr/bin/env bash
-# benchmarks/gpu.py on the device machine (an H200), in one call of the device tool:
+# The one script to run on a GPU machine, in one call of this workplace's device tool:
 #
 #     run(command="bash benchmarks/gpu_device.sh", carry=[".whl"], timeout_s=480)
 #
-# Estimated 4-5 minutes there; gpu.py skips the rows that would start after 390 s, so the call
-# ends inside its limit. Before the call, here, in the repository root (.whl/ is git-ignored:
-# never commit the wheels; six pure-Python wheels, about 3 MB):
+# Before the call, here (it needs a registry; the GPU machine has none), fill the git-ignored .whl/
+# with the wheels benchmarks/gpu_wheels.txt lists (~15 MB; never commit them):
 #
-#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#         --platform manylinux2014_x86_64 -d .whl \
-#         liger-kernel==0.8.5 cut-cross-entropy==25.1.1 trl==1.16.0 \
-#         datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+#     bash benchmarks/gpu_device.sh --download
 #
-# The machine has torch 2.11, triton, transformers, peft, accelerate and pandas (seglm runs from
-# src/); it lacks the comparison packages. Liger-Kernel and CCE need only torch and triton. TRL's
-# kernel imports trl.trainer.utils in its backward, which imports datasets (and so dill and
-# multiprocess): hence the last three. Without .whl/ the Liger, CCE and TRL rows are skipped
-# with a note. Results come back in $OUT: gpu.json, gpu.log, nvidia-smi.txt.
+# On the machine (torch, transformers, peft, accelerate, triton, ..., but no pydantic, datasets,
+# trl, liger-kernel or cut-cross-entropy): the wheels go into /tmp/site (no index, no
+# dependencies: the list is complete), then benchmarks/gpu.py runs with a time budget
+# (BUDGET_S, default 400 s from the start of this script): first the smoke test of seglm's GPU
+# path (benchmarks/gpu_smoke.py: seglm train in bf16 and fp16 with the fused head and LoRA on
+# lm_head, seglm eval, a 2-process torchrun eval where there are 2 GPUs), then the LoRA training
+# steps and the output-layer rows; a row that would start after the budget is skipped, so the
+# call ends in about 8 minutes. Writes $OUT/gpu.json and $OUT/gpu.log (nvidia-smi's output in it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+WHEELS=benchmarks/gpu_wheels.txt
+
+requirements() {
+    grep -v -e '^#' -e '^$' "$WHEELS"
+}
+
+download() {
+    for version in 3.11 3.12 3.13; do
+        python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" \
+            --implementation cp --platform manylinux_2_28_x86_64 \
+            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            -d .whl $(requirements) || return 1
+    done
+    du -sh .whl
+}
+
+device() {
+    local started=$SECONDS
+    export PYTHONPATH=src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+    python3 --version
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        # One at a time: a wheel missing for this Python loses its rows, not the others.
+        for requirement in $(requirements); do
+            python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
+                --target /tmp/site --find-links .whl "$requirement" \
+                || echo "not installed: $requirement"
+        done
+        export PYTHONPATH=/tmp/site:src
+    else
+        echo "no wheels in .whl/ (bash benchmarks/gpu_device.sh --download): seglm needs pydantic"
+    fi
+    python3 benchmarks/gpu.py --parts smoke train head --out "$OUT/gpu.json" \
+        --time-budget-s $((${BUDGET_S:-400} - (SECONDS - started))) "$@"
+}
+
+if [[ "${1:-}" == "--download" ]]; then
+    download
+    exit
+fi
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
-export PYTHONPATH=src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:src
-else
-    echo "no wheels in .whl/: the Liger-Kernel, CCE and TRL rows will be skipped"
-fi
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
-    | tee "$OUT/nvidia-smi.txt"
-python3 benchmarks/gpu.py --time-budget-s 390 --out "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/gpu.log"
+device "$@" 2>&1 | tee "$OUT/gpu.log"
+exit "${PIPESTATUS[0]}"

@@ -4,10 +4,14 @@ implementations (so a row measuring the wrong thing fails), and failures that be
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import io
 import json
 import math
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from packaging.requirements import Requirement
 
 from seglm.losses import LOSS_NAMES, Objective
 
@@ -182,3 +187,138 @@ def test_a_spent_time_budget_skips_the_rest(gpu: ModuleType, tmp_path: Path) -> 
     assert {row["note"] for row in rows if row.get("method") not in (gpu.LIGER, gpu.CCE)} == {
         "time budget spent"
     }
+
+
+# --- the GPU machine: seglm and the benchmark with only its image and the carried wheels ---------
+
+REPOSITORY = BENCHMARKS.parent
+# The image of this workplace's GPU machine (README.md, "Measuring on a GPU"), and what it lacks
+# although this environment's newer versions of those packages may require some of it.
+GPU_IMAGE = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "triton",
+    "safetensors",
+    "tokenizers",
+    "rich",
+    "typer",
+    "scipy",
+    "matplotlib",
+    "pyyaml",
+)
+NOT_ON_GPU_IMAGE = {
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "gguf",
+    "datasets",
+    "trl",
+    "liger-kernel",
+    "cut-cross-entropy",
+}
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_closure(packages: tuple[str, ...]) -> set[str]:
+    """The packages and what they require (not their extras), as installed here."""
+    found: set[str] = set()
+    pending = [normalized(name) for name in packages]
+    while pending:
+        name = pending.pop()
+        if name in found:
+            continue
+        found.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:  # triton: not on a CPU machine
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(normalized(requirement.name))
+    return found
+
+
+def modules_of(distributions: set[str]) -> set[str]:
+    """Top-level module names of these distributions (installed or not)."""
+    modules = {name.replace("-", "_") for name in distributions}
+    for module, owners in importlib.metadata.packages_distributions().items():
+        if any(normalized(owner) in distributions for owner in owners):
+            modules.add(module)
+    return modules
+
+
+def carried_wheels() -> set[str]:
+    lines = (BENCHMARKS / "gpu_wheels.txt").read_text().splitlines()
+    return {normalized(Requirement(line).name) for line in lines if line and line[0] != "#"}
+
+
+def on_gpu_image(carried: set[str]) -> dict[str, str]:
+    """The environment of a process that finds only the image's packages and ``carried``."""
+    image = requirement_closure(GPU_IMAGE) - NOT_ON_GPU_IMAGE
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPOSITORY / "tests" / "gpu_image"), str(REPOSITORY / "src"), str(BENCHMARKS)]
+        ),
+        "SEGLM_REPOSITORY": str(REPOSITORY),
+        "SEGLM_IMAGE_MODULES": ",".join(sorted(modules_of(image | carried))),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+IMPORTS = "import seglm.cli, seglm.train, seglm.evaluate, gpu, gpu_smoke"
+
+
+def test_seglm_needs_more_than_the_gpu_image() -> None:
+    """The control: without the carried wheels, seglm does not import there (so the hook that
+    hides packages works, and the wheels are needed)."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS], env=on_gpu_image(set()), capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "No module named 'pydantic'" in done.stderr
+
+
+def test_seglm_and_the_benchmark_import_with_the_gpu_image_and_the_carried_wheels() -> None:
+    carried = carried_wheels()
+    assert {"pydantic", "pydantic-core"} <= carried
+    check = "import importlib.util; assert importlib.util.find_spec('gguf') is None; "
+    done = subprocess.run(
+        [sys.executable, "-c", check + IMPORTS],
+        env=on_gpu_image(carried),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_smoke_test_runs_with_the_gpu_image_and_the_carried_wheels(tmp_path: Path) -> None:
+    """benchmarks/gpu_smoke.py at its CPU sizes (fp32; fp16 needs CUDA): seglm train and seglm
+    eval, as subprocesses that also find only the image's packages and the carried wheels."""
+    out = tmp_path / "gpu.json"
+    command = [sys.executable, str(BENCHMARKS / "gpu.py"), "--small", "--parts", "smoke"]
+    done = subprocess.run(
+        [*command, "--out", str(out)],
+        env=on_gpu_image(carried_wheels()),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    rows = {row["step"]: row for row in json.loads(out.read_text())["smoke"]}
+    assert list(rows) == ["model folder", "train fp32 ce=0.6,lovasz=0.4", "eval fp32"]
+    assert all(row["status"] == "ok" for row in rows.values()), rows
+    trained = rows["train fp32 ce=0.6,lovasz=0.4"]
+    assert trained["fused_loss"] is True and trained["global_step"] == 2
+    # A random Llama predicts almost uniformly: 0.6 CE of about ln V plus 0.4 Lovasz near 1.
+    vocab = rows["model folder"]["vocab"]
+    assert trained["losses"][0] == pytest.approx(0.6 * math.log(vocab) + 0.4, abs=0.2)
+    assert rows["eval fp32"]["predictions"] == 2
+    assert "| train fp32 ce=0.6,lovasz=0.4 | ok |" in done.stdout

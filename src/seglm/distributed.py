@@ -10,7 +10,7 @@ because ranks wait for each other while rank 0 writes the results.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -48,6 +48,32 @@ def current_ranks() -> Ranks:
         rank=int(os.environ.get("RANK", "0")),
         world=int(os.environ.get("WORLD_SIZE", "1")),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+# What torchrun and accelerate launch set in every process they start.
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "LOCAL_RANK")
+
+
+def visible_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def unlaunched_gpus_problem(device_count: int, environ: Mapping[str, str]) -> str | None:
+    """Why training cannot start in this process, or None: several visible GPUs and no
+    launcher. The transformers Trainer would then wrap the model in ``torch.nn.DataParallel``,
+    whose replicas each get a slice of the batch while the fused head holds the whole batch's
+    labels (and seglm's token means assume one process per device)."""
+    if device_count <= 1 or any(name in environ for name in LAUNCHER_VARIABLES):
+        return None
+    return (
+        f"{device_count} GPUs are visible and no launcher started this process: the trainer "
+        "would split each batch across them with torch.nn.DataParallel, which seglm does not "
+        "support. One GPU: CUDA_VISIBLE_DEVICES=0 seglm train ...; all of them, one process "
+        "each: accelerate launch --config_file configs/accelerate/ddp.yaml -m seglm train ... "
+        f"or torchrun --nproc_per_node {device_count} -m seglm train ..."
     )
 
 

@@ -7,9 +7,11 @@ converts it once into a safetensors folder under the cache; later loads are inst
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import shutil
+import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +202,20 @@ def load_model(
     )
 
 
+def char_tokenizer() -> Any:
+    """A fast tokenizer with one token per printable ASCII character (and newline) plus EOS:
+    with :func:`tiny_llama`, a model folder that needs no download (for tests)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    eos, unknown = "<|endoftext|>", "<unk>"
+    symbols = [eos, unknown, *dict.fromkeys(string.printable)]
+    backend = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token=unknown))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, unk_token=unknown)
+
+
 def tiny_llama(vocab_size: int = 128, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Any:
     """A randomly initialised Llama small enough to step in milliseconds (for tests)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -216,3 +232,11 @@ def tiny_llama(vocab_size: int = 128, hidden_size: int = 64, layers: int = 2, se
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
+
+
+def free_memory() -> None:
+    """Collect what only reference cycles keep alive (a model the caller let go of) and give
+    the CUDA caching allocator's unused blocks back, before another model is loaded."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -5,29 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import string
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from seglm.models import tiny_llama
-
-EOS = "<|endoftext|>"
-UNK = "<unk>"
-
-
-def char_tokenizer() -> object:
-    """A fast tokenizer with one token per printable ASCII character (and newline) plus EOS."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    symbols = [EOS, UNK, *dict.fromkeys(string.printable)]
-    backend = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, unk_token=UNK)
+from seglm.models import char_tokenizer, tiny_llama
 
 
 def save_tiny_model(folder: Path, seed: int = 0, tied: bool = True) -> Path:

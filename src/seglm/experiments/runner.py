@@ -137,6 +137,7 @@ def record_failure(cell: Cell, folder: Path, text: str, started: float) -> CellO
 
 
 def _train(config: TrainConfig, progress: bool) -> None:
+    from seglm.models import free_memory
     from seglm.train import train
 
     folder = config.run_dir
@@ -146,6 +147,7 @@ def _train(config: TrainConfig, progress: bool) -> None:
         has_checkpoint = last_complete_checkpoint(folder)[0] is not None
         config = dataclasses.replace(config, resume=has_checkpoint, overwrite=not has_checkpoint)
     train(config, progress=progress)
+    free_memory()  # the cell's evaluation loads the model again, on the same GPU
 
 
 def _evaluate(plan: CellPlan, progress: bool) -> None:

@@ -219,12 +219,16 @@ class _Head:
     bias: Tensor | None  # [V]
 
     def logits(self, rows: slice) -> Tensor:
-        """A chunk of logits as the model's head computes them, upcast for the softmax."""
-        first = F.linear(self.hidden[0][rows], self.weight[0], self.bias)
-        logits = first.to(compute_dtype(first.dtype))
+        """A chunk of logits as the model's head computes them, upcast for the softmax: the
+        blocks' products are summed in their dtype (as a PEFT LoRA layer sums them), each added
+        in place where the dtypes agree, so no second chunk of logits exists."""
+        logits = F.linear(self.hidden[0][rows], self.weight[0], self.bias)
         for hidden, weight in zip(self.hidden[1:], self.weight[1:], strict=True):
-            logits += F.linear(hidden[rows], weight)
-        return logits
+            if weight.dtype == logits.dtype:
+                logits.addmm_(hidden[rows], weight.T)
+            else:
+                logits = logits + F.linear(hidden[rows], weight)
+        return logits.to(compute_dtype(logits.dtype))
 
 
 @dataclass

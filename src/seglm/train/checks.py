@@ -3,6 +3,7 @@ model names, the tokenizer, where the final weights are chosen."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from seglm.config import ConfigError, TrainConfig, missing_reporters
@@ -38,7 +39,9 @@ def check_environment(config: TrainConfig) -> None:
             f"report_to {', '.join(missing)}: install the package(s) first "
             f"(pip install {' '.join(missing)})"
         )
-    problem = distributed_problem()
+    from seglm.distributed import unlaunched_gpus_problem, visible_gpu_count
+
+    problem = distributed_problem() or unlaunched_gpus_problem(visible_gpu_count(), os.environ)
     if problem:
         raise ConfigError(problem)
 
@@ -55,7 +58,6 @@ def distributed_problem() -> str | None:
     only for accelerator processes (``AcceleratorState`` sets FSDP for MULTI_GPU, MULTI_XPU, ...
     but not MULTI_CPU, and DeepSpeed only when not on the CPU), so the run would silently train
     with plain DDP, every process holding the whole model and optimiser state."""
-    import os
 
     requested = [
         name

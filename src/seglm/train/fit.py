@@ -74,7 +74,13 @@ def fit(
     )
     progress.trainer = trainer
     _show_progress_on_the_console(trainer, config)
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        # The callback is one of the trainer's: without breaking this cycle the model is freed
+        # at the next garbage collection, not when this returns (a grid cell's evaluation loads
+        # the model again, on the same GPU).
+        progress.trainer = None
     remove_fused_head(model)
     before = file_stamps(config.run_dir)
     trainer.save_model(str(config.run_dir))
