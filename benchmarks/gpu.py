@@ -306,11 +306,25 @@ HeadLoss = Callable[[HeadInputs], Tensor]
 def seglm_losses(spec: str) -> list[tuple[str, HeadLoss]]:
     objective = Objective.from_spec(spec)
 
+    # A term that compares with a reference model (ASFT) gets one: the same states and weight
+    # without gradient, so its rows include the reference's share of the work.
+    uses_reference = objective.uses_reference
+
     def fused(inputs: HeadInputs) -> Tensor:
-        return fused_objective_loss(objective, inputs.hidden, inputs.weight, inputs.labels).loss
+        reference = (
+            (inputs.hidden.detach(), inputs.weight.detach(), None) if uses_reference else None
+        )
+        return fused_objective_loss(
+            objective, inputs.hidden, inputs.weight, inputs.labels, reference=reference
+        ).loss
 
     def materialised(inputs: HeadInputs) -> Tensor:
-        return objective(F.linear(inputs.hidden, inputs.weight), inputs.labels).loss
+        reference = None
+        if uses_reference:
+            with torch.no_grad():
+                reference = F.linear(inputs.hidden.detach(), inputs.weight.detach())
+        logits = F.linear(inputs.hidden, inputs.weight)
+        return objective(logits, inputs.labels, reference_logits=reference).loss
 
     return [(FUSED, fused), (MATERIALISED, materialised)]
 
@@ -481,16 +495,31 @@ class LoraStep:
     def __call__(self) -> Tensor:
         autocast = torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
         with autocast:
+            reference = self.reference() if self.objective.uses_reference else None
             if self.head is not None:
-                with self.head.computing_loss(self.input_ids, self.answer_mask):
+                with self.head.computing_loss(
+                    self.input_ids, self.answer_mask, reference=reference
+                ):
                     loss = self.model(input_ids=self.input_ids).logits
             else:
                 logits = self.model(input_ids=self.input_ids).logits
-                loss = self.objective(logits, self.input_ids, self.answer_mask).loss
+                loss = self.objective(
+                    logits, self.input_ids, self.answer_mask, reference_logits=reference
+                ).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+    def reference(self) -> Any:
+        """The reference's forward as SegLMTrainer runs it for LoRA: adapters off, no gradient;
+        its head's input on the fused path, its logits otherwise."""
+        with torch.no_grad(), self.model.disable_adapter():
+            if self.head is None:
+                return self.model(input_ids=self.input_ids).logits
+            with self.head.capturing_input():
+                self.model(input_ids=self.input_ids)
+            return self.head.take_input()
 
     def measure(
         self, objective: Objective, fused: bool, clock: Clock, sizes: Sizes

@@ -21,10 +21,11 @@ if ALLOWED is not None:
     standard = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
 
     def ours(where: str) -> bool:
-        """The repository's modules and the standard library's (not what is installed)."""
-        if where.startswith(repository):
-            return True
-        return where.startswith(standard) and not where.startswith(installed)
+        """The repository's modules and the standard library's, not what is installed (a
+        virtual environment may lie inside the repository, as make's .venv does)."""
+        if where.startswith(installed):
+            return False
+        return where.startswith((repository, *standard))
 
     class ImageOnly(importlib.machinery.PathFinder):
         @classmethod
