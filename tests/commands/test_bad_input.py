@@ -117,7 +117,7 @@ CASES = [
     (["train", "--output-dir", "{inputs}/a_file"], "a_file is a file, not a folder"),
     (train("--loss", "ce=nan"), "weight of 'ce' must be a finite number >= 0, got nan"),
     (train("--loss", "ce=inf"), "weight of 'ce' must be a finite number >= 0, got inf"),
-    (train("--loss", "ce=-1"), "weight of 'ce' must be a finite number >= 0, got -1.0"),
+    (train("--loss", "ce=-1"), "weight of 'ce' must be a finite number >= 0, got -1"),
     (train("--loss", "ce=0.6,lovasz"), "'lovasz' has no weight"),
     (train("--loss", "ce=0.6,dice=0.4"), "unknown loss 'dice'"),
     (train("--loss", "lovasz@all=1"), "lovasz is a set loss over the answer's tokens"),
@@ -219,7 +219,7 @@ CASES = [
     # seglm losses, score, report, data
     (["losses", "ce=nan"], "weight of 'ce' must be a finite number >= 0, got nan"),
     (["losses", "ce=inf"], "weight of 'ce' must be a finite number >= 0, got inf"),
-    (["losses", "ce=-1"], "weight of 'ce' must be a finite number >= 0, got -1.0"),
+    (["losses", "ce=-1"], "weight of 'ce' must be a finite number >= 0, got -1"),
     (["losses", "cee=1"], "unknown loss 'cee'; did you mean 'ce'"),
     (["losses", "ce@prompt=1"], "scope 'prompt' is not one of all, answer"),
     (["score", "gsm8k", "{inputs}/predictions/bad.jsonl"], "bad.jsonl, line 2"),
