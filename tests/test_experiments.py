@@ -499,3 +499,34 @@ def test_a_worker_that_dies_fails_its_cell_and_the_grid_goes_on(
     fake_jobs(monkeypatch, tmp_path / "ok", {})
     again = run_grid(grid, root, progress=False, workers=2)
     assert {row["status"] for row in again.rows} == {"finished"}
+
+
+def test_worker_processes_keep_the_console_their_parent_chose() -> None:
+    """A spawned worker starts with Python's default warnings and log levels; without its
+    parent's, the libraries' warnings reached the console of a quiet `seglm demo`."""
+    import logging
+    import multiprocessing
+    import re
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    from seglm.experiments.runner import console_settings, start_worker
+
+    library = logging.getLogger("seglm-test-library")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"(?!seglm\b)")
+        library.setLevel(logging.ERROR)
+        try:
+            settings = console_settings()
+        finally:
+            library.setLevel(logging.NOTSET)
+    with ProcessPoolExecutor(
+        1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=start_worker,
+        initargs=(1, *settings),
+    ) as pool:
+        filters, levels = pool.submit(console_settings).result()
+    assert filters == settings[0]
+    assert ("ignore", None, Warning, re.compile(r"(?!seglm\b)"), 0) in filters
+    assert levels["seglm-test-library"] == logging.ERROR

@@ -7,9 +7,12 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import logging
 import os
+import pickle
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,8 +246,8 @@ def run_side_by_side(plans: Sequence[CellPlan], workers: int) -> Iterator[CellOu
     with ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),  # no torch state copied from here
-        initializer=use_threads,
-        initargs=(threads,),
+        initializer=start_worker,
+        initargs=(threads, *console_settings()),
     ) as pool:
         started = time.perf_counter()
         running = {pool.submit(run_cell, plan, False): plan for plan in plans}
@@ -258,6 +261,34 @@ def run_side_by_side(plans: Sequence[CellPlan], workers: int) -> Iterator[CellOu
                     "the cells of the workers then running or waiting are left to a rerun\n"
                 )
                 yield record_failure(plan.cell, plan.folder, text, started)
+
+
+def console_settings() -> tuple[list[Any], dict[str, int]]:
+    """This process's warnings filters and the log levels set on its loggers: what ``--verbose``
+    or its absence chose (``seglm.cli.quiet_libraries``), which a spawned process does not
+    inherit. Filters that cannot be sent to another process are left out."""
+    filters = []
+    for entry in warnings.filters:
+        try:
+            pickle.dumps(entry)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            continue
+        filters.append(entry)
+    levels = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET
+    }
+    return filters, levels
+
+
+def start_worker(threads: int, filters: list[Any], levels: dict[str, int]) -> None:
+    """A worker process: its share of the CPU, and the console its parent has (set after torch
+    is imported, whose own filters the parent's list holds too when it imported torch)."""
+    use_threads(threads)
+    warnings.filters[:] = filters
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def use_threads(count: int) -> None:
