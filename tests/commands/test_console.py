@@ -18,10 +18,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-def compare(tiny_model: Path, out: Path, *extra: str) -> str:
+def compare(tiny_model: Path, out: Path, *extra: str, workers: int = 1) -> str:
     args = [
         *extra,
         "compare",
+        "--workers", str(workers),
         "--task", "arith",
         "--model", str(tiny_model),
         "--losses", "ce,lovasz",
@@ -56,3 +57,15 @@ def test_verbose_lets_the_libraries_speak(tiny_model: Path, tmp_path: Path) -> N
     output = compare(tiny_model, tmp_path / "runs", "--verbose")
     assert "{'loss'" not in output  # the Trainer's printed dicts are gone either way
     assert "[2/2]" in output
+
+
+def test_cells_side_by_side_show_only_seglms_own_lines(
+    tiny_model: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Worker processes start with Python's default warnings: they must keep the parent's. They
+    write to the terminal's file descriptors, not to the runner's captured streams."""
+    output = compare(tiny_model, tmp_path / "runs", workers=2)
+    output += "".join(capfd.readouterr())
+    assert "[2/2]" in output and "finished" in output
+    for noise in ("{'loss'", "'grad_norm'", "it/s]", "Warning", "warnings.warn", "[transformers]"):
+        assert noise not in output, noise

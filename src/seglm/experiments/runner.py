@@ -219,6 +219,8 @@ def run_grid(
         skipped = [_skipped(plan) for plan in mine if plan.cell not in todo]
         pending = [plan for plan in mine if plan.cell in todo]
         ran = itertools.chain(skipped, run_side_by_side(pending, workers))
+        if progress and pending and is_main_process():
+            ran = _shown(ran, len(mine), workers)
     else:
         ran = (run_cell(plan, progress) if plan.cell in todo else _skipped(plan) for plan in mine)
     outcomes: list[CellOutcome] = []
@@ -261,6 +263,22 @@ def run_side_by_side(plans: Sequence[CellPlan], workers: int) -> Iterator[CellOu
                     "the cells of the workers then running or waiting are left to a rerun\n"
                 )
                 yield record_failure(plan.cell, plan.folder, text, started)
+
+
+def _shown(outcomes: Iterator[CellOutcome], total: int, workers: int) -> Iterator[CellOutcome]:
+    """One rich progress line (cells done, time so far) while cells run in worker processes,
+    which show none of their own; each cell's line is printed above it as it finishes."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(
+        *columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True
+    ) as bar:
+        task = bar.add_task(f"cells, {workers} side by side", total=total)
+        for outcome in outcomes:
+            yield outcome
+            bar.advance(task)
 
 
 def console_settings() -> tuple[list[Any], dict[str, int]]:
