@@ -119,7 +119,10 @@ def test_failed_cell_sets_the_exit_status(
         (["--losses", "ce", "--train", "max_steps"], "--train expects key=value"),
         (["--losses", "ce", "--shard", "2/2"], "shard must look like i/n"),
         (["--arm", "ce@answer=1"], "--arm expects NAME:SPEC"),
-        (["--arm", "x:ce@answr=1"], "arms: x: term 'ce@answr=1': scope 'answr' is not one of all, answer"),
+        (
+            ["--arm", "x:ce@answr=1"],
+            "arms: x: term 'ce@answr=1': scope 'answr' is not one of all, answer",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_anything_trains(
