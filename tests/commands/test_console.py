@@ -45,25 +45,19 @@ def compare(tiny_model: Path, out: Path, *extra: str, workers: int = 1) -> str:
     return result.output
 
 
-def test_a_cell_shows_only_seglms_own_lines(tiny_model: Path, tmp_path: Path) -> None:
-    output = compare(tiny_model, tmp_path / "runs")
-    assert "training arith/" in output and "loss " in output  # the rich progress line
-    assert "[2/2]" in output and "finished" in output
-    for noise in ("{'loss'", "'grad_norm'", "it/s]", "Warning", "warnings.warn", "[transformers]"):
-        assert noise not in output, noise
-
-
 def test_verbose_lets_the_libraries_speak(tiny_model: Path, tmp_path: Path) -> None:
     output = compare(tiny_model, tmp_path / "runs", "--verbose")
+    assert "training arith/" in output and "loss " in output  # the rich progress line
     assert "{'loss'" not in output  # the Trainer's printed dicts are gone either way
     assert "[2/2]" in output
 
 
-def test_cells_side_by_side_show_only_seglms_own_lines(
+def test_a_grid_shows_only_seglms_own_lines(
     tiny_model: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Worker processes start with Python's default warnings: they must keep the parent's. They
-    write to the terminal's file descriptors, not to the runner's captured streams."""
+    """Cells side by side (worker processes start with Python's default warnings: they must keep
+    the parent's); the workers write to the terminal's file descriptors, not to the runner's
+    captured streams, so those are read too. One cell at a time shows its progress line (above)."""
     output = compare(tiny_model, tmp_path / "runs", workers=2)
     output += "".join(capfd.readouterr())
     assert "[2/2]" in output and "finished" in output
