@@ -74,6 +74,7 @@ from seglm.fused_head import FusedObjectiveHead, install_fused_head, remove_fuse
 from seglm.losses import LOSS_NAMES, Objective
 from seglm.losses.fused import _sums_half_products_in_float32, fused_objective_loss
 from seglm.losses.registry import get_term
+from seglm.losses.spec import LossSpec
 from seglm.models import free_memory, parse_dtype
 
 GIB = 2**30
@@ -605,8 +606,7 @@ def add_targets(rows: list[dict[str, Any]]) -> None:
                     ),
                 ]
             else:
-                terms = set(Objective.from_spec(row["spec"]).weights) - {"ce"}
-                is_set = any(get_term(name).is_set for name in terms)
+                is_set = any(get_term(t.name).is_set for t in LossSpec.parse(row["spec"]).terms)
                 limit = SET_LIMIT if is_set else PER_TOKEN_LIMIT
                 row["targets"] = [
                     target(f"time ≤ {limit}x fused CE", row["x_fused_ce_time"], limit)
