@@ -85,3 +85,39 @@ def test_one_process_converts_the_offline_model_while_the_others_wait(
     target.rmdir()
     assert models.resolve_model_path("SmolLM2-135M-Instruct") == str(target)
     assert converted == [target]
+
+
+HUB_UNREACHABLE = (
+    "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
+    "in the cached files."
+)
+
+
+@pytest.mark.parametrize("loader", [models.load_tokenizer, models.load_model])
+def test_a_hub_id_the_hub_cannot_provide_is_named_in_the_error(
+    loader: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise OSError(HUB_UNREACHABLE)
+
+    for auto in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        monkeypatch.setattr(auto, "from_pretrained", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(OSError, match="model 'someorg/missing-model': not a local folder") as error:
+        loader("someorg/missing-model")  # type: ignore[operator]
+    assert HUB_UNREACHABLE in str(error.value)
+
+
+def test_a_local_folders_own_error_passes_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("config.json is damaged")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", broken)
+    with pytest.raises(OSError, match=r"^config\.json is damaged$"):
+        models.load_tokenizer(str(tmp_path))

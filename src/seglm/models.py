@@ -13,6 +13,8 @@ import os
 import shutil
 import string
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,14 +132,30 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(target)
 
 
+@contextmanager
+def naming_the_model(name_or_path: str, path: str) -> Iterator[None]:
+    """transformers' error for a hub id it cannot fetch ("We couldn't connect to
+    'https://huggingface.co' ...") does not say which model was asked for: say it."""
+    try:
+        yield
+    except OSError as error:
+        if Path(path).exists():
+            raise
+        raise OSError(
+            f"model {name_or_path!r}: not a local folder, and the hub could not provide it "
+            f"({error}); pass a local model folder, an alias ({', '.join(ALIASES)}) or a hub id "
+            "that this machine can download or has in its cache"
+        ) from error
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """Load a tokenizer with a pad token. When pad = EOS, EOS is still trained: the data
     pipeline builds labels from example lengths, never from pad ids."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model_path(name_or_path), trust_remote_code=trust_remote_code
-    )
+    path = resolve_model_path(name_or_path)
+    with naming_the_model(name_or_path, path):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.eos_token is None:
         raise ValueError(f"tokenizer of {name_or_path!r} has no EOS token; seglm needs one")
     if tokenizer.pad_token is None:
@@ -197,9 +215,10 @@ def load_model(
             f"model {name_or_path!r} is neither a local folder nor a known alias "
             f"({', '.join(ALIASES)}), and the hub is offline (HF_HUB_OFFLINE=1)"
         )
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
-    )
+    with naming_the_model(name_or_path, path):
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
+        )
 
 
 def char_tokenizer() -> Any:
