@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from grid_fakes import fake_jobs
-from train._helpers import save_tiny_model
 from typer.testing import CliRunner
 
 from seglm.cli import app
@@ -24,11 +23,6 @@ from seglm.cluster import SlurmSettings, parse_settings
 from seglm.experiments import GridError, summarize
 
 runner = CliRunner(env={"COLUMNS": "240"})
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 def plain(output: str) -> str:

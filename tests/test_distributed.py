@@ -8,22 +8,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from train._helpers import log_events, one_torch_thread, save_tiny_model
+from train._helpers import log_events, save_tiny_model
 from train.ddp_worker import gradients
 
 WORKER = Path(__file__).parent / "train" / "ddp_worker.py"
 TIMEOUT_S = 240  # generous for a busy machine; a hang is what this guards against
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ replaced, and damaged weights are refused before they load. A tiny random Llama 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from train._helpers import one_torch_thread, save_tiny_model
+from train._helpers import save_tiny_model
 
 from seglm.evaluate import EvalError, evaluate
 from seglm.folders import claim
@@ -18,10 +17,7 @@ FAST = {"limit": 2, "max_new_tokens": 3}
 USER_FILES = {"notes.txt": b"mine\n", "plots/a.png": b"\x89PNG", "old/metrics.json": b"{}"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import pytest
 import torch
 from grid_fakes import FakeRuns, fake_jobs
 from safetensors.torch import save_file
-from train._helpers import one_torch_thread, save_tiny_model
 
 from seglm.experiments import (
     Cell,
@@ -34,16 +32,7 @@ from seglm.experiments import (
 )
 from seglm.runs import GRID_FILE
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_grid(model: Path, **changes: Any) -> Grid:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from train._helpers import log_events, one_torch_thread, save_tiny_model
+from train._helpers import log_events, save_tiny_model
 
 from seglm.adapters import add_adapter
 from seglm.config import ConfigError, resolve_config
@@ -62,10 +61,7 @@ WEIGHTS = {
 RTOL, ATOL = 1e-5, 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from grid_fakes import FakeRuns
-from train._helpers import one_torch_thread, save_tiny_model
+from train._helpers import one_torch_thread
 from typer.testing import CliRunner
 
 from seglm.cli import app
@@ -27,11 +27,6 @@ from seglm.report import build_report
 
 WORKER = Path(__file__).parent / "compare_race_worker.py"
 runner = CliRunner(env={"COLUMNS": "240"})
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 def grid(model: Path, **changes: Any) -> Grid:

@@ -4,13 +4,12 @@ SFTTrainer, and ``SegLMTrainer`` with an answer mask, each for a few steps of a 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from train._helpers import char_tokenizer, one_torch_thread
+from train._helpers import char_tokenizer
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from seglm.integrations import SegLMLoss, SegLMTrainer
@@ -20,10 +19,7 @@ VOCAB = 64
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def token_rows(count: int = 8, length: int = 12) -> list[dict[str, torch.Tensor]]:

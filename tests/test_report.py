@@ -38,11 +38,6 @@ RATES = {"base": 0.05, "ce-lam1": 0.3, "lovasz-lam0.6": 0.6, "lovasz-lam0.8": 0.
 EXAMPLES = 40
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
 def make_runs(
     root: Path, model: Path, monkeypatch: pytest.MonkeyPatch, fakes: FakeRuns, **changes: Any
 ) -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from grid_fakes import FakeRuns
-from train._helpers import save_tiny_model
 from typer.testing import CliRunner
 
 from seglm.cli import app
@@ -18,11 +17,6 @@ from seglm.commands.demo import change_from_base, demo_grid, verdicts
 from seglm.report import build_report
 
 runner = CliRunner(env={"COLUMNS": "240"})  # room for the wide tables
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 def plain(output: str) -> str:

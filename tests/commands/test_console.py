@@ -7,15 +7,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from train._helpers import save_tiny_model
 from typer.testing import CliRunner
 
 from seglm.cli import app
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 def compare(tiny_model: Path, out: Path, *extra: str, workers: int = 1) -> str:
