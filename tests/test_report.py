@@ -29,7 +29,7 @@ from seglm.runs import ROSCOE_FILE
 from seglm.stats import (
     holm,
     minimum_detectable_effect,
-    sign_flip_p_value,
+    paired_p_value,
     variance_components,
 )
 from seglm.tasks import get_task
@@ -89,15 +89,22 @@ def test_table_values_match_hand_computed_statistics(
     # Beside each difference, its MDE: four trained arms are compared with CE(all), a Holm family
     # of 4, and the standard error comes from the seed, example and residual variances.
     comparison = stats["lovasz-lam0.6"].versus["CE(all)"]
-    error = variance_components(lovasz - ce).standard_error
+    components = variance_components(lovasz - ce)
+    error, freedom = components.standard_error, components.degrees_of_freedom
     assert difference.standard_error == pytest.approx(error)
-    assert comparison.mde["exact_match"] == pytest.approx(minimum_detectable_effect(error, 4))
-    assert comparison.mde["exact_match"] != pytest.approx(minimum_detectable_effect(error, 1))
-    assert difference.p_value == pytest.approx(sign_flip_p_value(lovasz - ce))
+    assert comparison.mde["exact_match"] == pytest.approx(
+        minimum_detectable_effect(error, 4, degrees_of_freedom=freedom)
+    )
+    assert comparison.mde["exact_match"] != pytest.approx(
+        minimum_detectable_effect(error, 1, degrees_of_freedom=freedom)
+    )
+    assert difference.p_value == pytest.approx(paired_p_value(lovasz - ce))
     # The base model is not tested in a family: its MDE is at 0.05.
     base_error = variance_components(np.repeat(scores("base", [None]), 3, axis=0) - ce)
     assert stats["base"].versus["CE(all)"].mde["exact_match"] == pytest.approx(
-        minimum_detectable_effect(base_error.standard_error, 1)
+        minimum_detectable_effect(
+            base_error.standard_error, 1, degrees_of_freedom=base_error.degrees_of_freedom
+        )
     )
     assert stats["ce-lam1"].versus == {}  # CE(all) is the only baseline of this grid
     # The base model (one evaluation) is paired with every CE seed.
@@ -156,9 +163,7 @@ def test_each_arm_meets_every_baseline_with_holm_across_arms(
     # Holm across the four trained arms compared with CE(answer), from each arm's own p-value.
     family = ["ce-lam1", "control", "lovasz-lam0.6", "dft-lam0.6"]
     ce_answer = scores("ce-answer", seeds, rates)
-    p_values = [
-        sign_flip_p_value(scores(arm, seeds, rates) - ce_answer, resamples=500) for arm in family
-    ]
+    p_values = [paired_p_value(scores(arm, seeds, rates) - ce_answer) for arm in family]
     expected = holm(p_values)
     found = [stats[arm].versus["CE(answer)"].holm["exact_match"] for arm in family]
     assert found == pytest.approx(expected)
@@ -468,22 +473,26 @@ def test_the_archived_arith_grid_has_an_mde_beside_each_difference(tmp_path: Pat
     assert result.exit_code == 0, result.output
     printed = _plain(result.output)
     # Lovász against the control, exact match: seed variance 0.00025, example 0.0157, residual
-    # 0.0709 over 3 seeds x 150 problems: SE 1.86 points; Holm family of 2 (Lovász, DFT):
-    # MDE (z(0.9875) + z(0.8)) x 1.86 = 5.7 points. p exact: 0.415 (Holm 0.830).
-    assert re.search(r"lovasz-lam0.6 -1.6 \[\S+ \S+ 5.7 0.415 0.830 0.337 \+1.3", printed)
-    assert re.search(r"dft-lam0.6 -0.7 \[\S+ \S+ 5.3 0.794 0.830 0.755", printed)
+    # 0.0709 over 3 seeds x 150 problems: SE 1.86 points on 4.02 degrees of freedom
+    # (Satterthwaite); Holm family of 2 (Lovász, DFT): MDE (t(0.9875) + t(0.8)) x 1.86 = 8.2
+    # points; p of t = -1.56 / 1.86: 0.450 (Holm 0.900). McNemar's p is the same as before.
+    assert re.search(r"lovasz-lam0.6 -1.6 \[\S+ \S+ 8.2 0.450 0.900 0.337 \+1.3", printed)
+    assert re.search(r"dft-lam0.6 -0.7 \[\S+ \S+ 6.9 0.714 0.900 0.755", printed)
     assert "collapsed arms: none" in printed
     saved = json.loads((root / "report.json").read_text())["groups"][0]
     arms = {arm["arm"]: arm for arm in saved["arms"]}
     versus = arms["lovasz-lam0.6"]["versus"]["control"]
-    assert versus["differences"]["exact_match"]["standard_error"] == pytest.approx(0.018611, 1e-4)
-    assert versus["mde"]["exact_match"] == pytest.approx(0.05738, rel=1e-3)
-    # CE(answer) against CE(all): exact p 0.012, Holm over four arms 0.047.
+    difference = versus["differences"]["exact_match"]
+    assert difference["standard_error"] == pytest.approx(0.018611, 1e-4)
+    assert difference["degrees_of_freedom"] == pytest.approx(4.0234, 1e-3)
+    assert versus["mde"]["exact_match"] == pytest.approx(0.0820, abs=5e-4)
+    # CE(answer) against CE(all): +6.4 points, but its seeds range from 39.3% to 46.0%: p 0.102
+    # (the sign-flip test over examples, blind to that spread, gave 0.012), Holm over four 0.409.
     ce_answer = arms["ce-answer"]["versus"]["CE(all)"]
-    assert ce_answer["differences"]["exact_match"]["p_value"] == pytest.approx(0.0117, abs=5e-4)
-    assert ce_answer["holm"]["exact_match"] == pytest.approx(0.0468, abs=2e-3)
+    assert ce_answer["differences"]["exact_match"]["p_value"] == pytest.approx(0.1023, abs=5e-4)
+    assert ce_answer["holm"]["exact_match"] == pytest.approx(0.4092, abs=2e-3)
     text = (root / "report.md").read_text()
-    assert "| lovasz-lam0.6 | -1.6 [" in text and "| 5.7 | 0.415 | 0.830 |" in text
+    assert "| lovasz-lam0.6 | -1.6 [" in text and "| 8.2 | 0.450 | 0.900 |" in text
     assert "lovasz-lam0.6 against the control (`control`), exact match: -1.6 [" in text
 
 

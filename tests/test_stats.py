@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from scipy.stats import binomtest
+from scipy.stats import t as student
 
 from seglm.stats import (
     MONTE_CARLO_ERROR,
@@ -20,6 +21,7 @@ from seglm.stats import (
     mcnemar_exact,
     minimum_detectable_effect,
     paired_difference,
+    paired_p_value,
     relative_gain,
     sign_flip_p_value,
     variance_components,
@@ -294,14 +296,16 @@ def _population_components(effect: float, seeds: int, examples: int) -> Variance
 
 def test_an_effect_of_the_minimum_detectable_size_is_found_in_80_percent_of_grids() -> None:
     """Simulated grids like the archived arith one (3 seeds x 150 problems; Lovász against the
-    control there: example variance 0.0157, residual 0.0709): at a true difference equal to the
-    MDE the function reports for the generating process (Holm family of 2), the report's decision
-    (sign-flip p < 0.05 / 2) rejects in about 80% of 400 grids: within +-0.08, four binomial
-    standard deviations (0.02). At half the MDE it rejects far less often (about 25%).
+    control there: example variance 0.0157, residual 0.0709), with no seed effect, a Holm
+    family of 2 (level 0.025).
 
-    The generating process has no seed effect: the sign-flip test treats each example's mean over
-    seeds as the unit and does not see a shift that a seed gives every example, while the MDE
-    counts it; with no seed effect the two agree, which is what this checks."""
+    The sign-flip test over examples at the MDE of the generating process (its variances known,
+    normal quantiles) rejects in about 80% of 400 grids (within +-0.08, four binomial standard
+    deviations), and at half of it far less often. The report's test (:func:`paired_p_value`)
+    also has to estimate the seed variance, from 2 degrees of freedom, so it needs a larger
+    difference: the MDE the report computes from each grid's own data (t quantiles with that
+    grid's degrees of freedom) is larger on average, and at that average the report's test
+    rejects in about 80% of grids again."""
     seeds, examples, family = 3, 150, 2
     effect = 0.05
     for _ in range(10):  # the process's variances depend on the effect: solve effect = MDE
@@ -322,9 +326,83 @@ def test_an_effect_of_the_minimum_detectable_size_is_found_in_80_percent_of_grid
     # Estimated from one grid's data, the example and residual variances are unbiased (but for
     # clipping at 0, rare at this effect). The seed variance, 0 here, is estimated from 2 degrees
     # of freedom and clipped at 0, so on average it is positive and the estimated standard error
-    # (and MDE) about 10% too large: conservative.
+    # about 10% too large.
     found = estimated[1.0]
     assert np.mean([c.example for c in found]) == pytest.approx(components.example, rel=0.1)
     assert np.mean([c.residual for c in found]) == pytest.approx(components.residual, rel=0.05)
     ratio = np.mean([c.standard_error for c in found]) / components.standard_error
     assert 1.0 < ratio < 1.2
+    reported = np.mean(
+        [
+            minimum_detectable_effect(
+                c.standard_error, family, degrees_of_freedom=c.degrees_of_freedom
+            )
+            for c in found
+        ]
+    )
+    assert 1.2 * effect < reported < 1.8 * effect
+    rejected = 0
+    for _ in range(400):
+        a, b = _paired_exact_match(rng, reported, seeds, examples)
+        rejected += paired_p_value(a - b) < level
+    assert 0.72 <= rejected / 400 <= 0.92
+
+
+def test_a_shift_that_a_seed_gives_every_example_is_noise_to_the_report_test() -> None:
+    """No true difference, but each seed of the arm moves every example by a draw of N(0,
+    0.05^2) (a lucky or unlucky training run): the sign-flip test over examples takes that shift
+    for an effect and rejects at 0.05 in about a third of 1000 grids; the report's test, which
+    counts the seed variance, in about 8% (Satterthwaite's approximation with 2 degrees of
+    freedom is a little liberal, the sign-flip test seven times so)."""
+    rng = np.random.default_rng(3)
+    seeds, examples = 3, 150
+    report_rejects = sign_flip_rejects = 0
+    for _ in range(1000):
+        a, b = _paired_exact_match(rng, 0.0, seeds, examples)
+        differences = a - b + rng.normal(0.0, 0.05, (seeds, 1))
+        report_rejects += paired_p_value(differences) < 0.05
+        sign_flip_rejects += sign_flip_p_value(differences, resamples=500) < 0.05
+    assert report_rejects / 1000 < 0.11
+    assert sign_flip_rejects / 1000 > 0.25
+
+
+def test_the_report_test_with_one_seed_is_the_sign_flip_test_and_otherwise_a_t_test() -> None:
+    rng = np.random.default_rng(8)
+    one = rng.normal(0.05, 0.3, (1, 40))
+    assert paired_p_value(one) == sign_flip_p_value(one)
+    several = rng.normal(0.05, 0.3, (3, 40))
+    components = variance_components(several)
+    statistic = several.mean() / components.standard_error
+    expected = 2 * student.sf(abs(statistic), components.degrees_of_freedom)
+    assert paired_p_value(several) == pytest.approx(expected)
+    assert paired_difference(several, np.zeros((3, 40))).p_value == pytest.approx(expected)
+    assert paired_p_value(np.zeros((3, 5))) == 1.0
+    assert paired_p_value(np.full((3, 5), 0.2)) < 1e-12
+
+
+def test_satterthwaite_degrees_of_freedom_against_hand_computed_values() -> None:
+    # Mean squares by hand: MS_seed, MS_example and MS_residual of a 3 x 4 table.
+    table = np.array([[0.3, 0.1, 0.8, 0.0], [0.5, 0.2, 0.9, 0.4], [0.1, 0.0, 0.3, 0.2]])
+    seeds, examples = table.shape
+    grand = table.mean()
+    ms_seed = examples * ((table.mean(axis=1) - grand) ** 2).sum() / (seeds - 1)
+    ms_example = seeds * ((table.mean(axis=0) - grand) ** 2).sum() / (examples - 1)
+    residual = table - table.mean(axis=1, keepdims=True) - table.mean(axis=0) + grand
+    ms_residual = (residual**2).sum() / ((seeds - 1) * (examples - 1))
+    assert ms_seed > ms_residual and ms_example > ms_residual  # no component clipped
+    cells = seeds * examples
+    variance = (ms_seed + ms_example - ms_residual) / cells
+    freedom = variance**2 / (
+        (ms_seed / cells) ** 2 / (seeds - 1)
+        + (ms_example / cells) ** 2 / (examples - 1)
+        + (ms_residual / cells) ** 2 / ((seeds - 1) * (examples - 1))
+    )
+    components = variance_components(table)
+    assert components.standard_error**2 == pytest.approx(variance)
+    assert components.degrees_of_freedom == pytest.approx(freedom)
+    assert variance_components(table[:1]).degrees_of_freedom == examples - 1
+
+
+def test_the_minimum_detectable_effect_with_few_degrees_of_freedom_uses_t_quantiles() -> None:
+    # t(0.975, 2) = 4.303 and t(0.8, 2) = 1.061.
+    assert minimum_detectable_effect(0.01, degrees_of_freedom=2) == pytest.approx(0.05364, abs=1e-4)

@@ -10,25 +10,27 @@ examples.
 
 A paired comparison of two arms uses the *same* resampled seeds and examples for both (seed s of
 one arm is paired with seed s of the other: same data order, same evaluation set), so the
-difference's interval is not inflated by how hard the examples are. Its p-value comes from a
-two-sided paired sign-flip permutation test (:data:`PAIRED_TEST`): under the null hypothesis the
-two arms are exchangeable on each example, so each example's difference (its mean over the seeds)
-is as likely positive as negative; the p-value is the probability that random sign flips give a
-mean difference at least as far from zero as the observed one. Where every example's difference
-summed over its seeds is an integer (exact match), that probability is computed exactly, by
-convolution; otherwise it is estimated from :data:`SIGN_FLIP_RESAMPLES` random flips, enough for
-a Monte Carlo standard error of at most :data:`MONTE_CARLO_ERROR`. Examples are the independent
-units (every seed evaluated the same ones), so the seeds' correlation on an example is kept; the
-interval, not the test, carries the seed-to-seed noise. :func:`holm` corrects a family of p-values
-for multiple comparisons (Holm's step-down method). McNemar's exact test compares
-two binary metrics (exact match) on the same (seed, example) pairs: only the discordant pairs
-count, and under the null hypothesis each is equally likely to favour either arm.
+difference's interval is not inflated by how hard the examples are.
 
-How large a difference a comparison could have seen: :func:`variance_components` splits the
-paired differences into a seed, an example and a residual variance (two-way analysis of variance),
-which give the difference's standard error over seeds and examples, and
-:func:`minimum_detectable_effect` turns it into the smallest true difference detected with 80%
-power at the level a comparison is tested at.
+Its p-value (:func:`paired_p_value`, :data:`PAIRED_TEST`) must count both sources of noise too.
+:func:`variance_components` splits the paired differences into a seed, an example and a residual
+variance (two-way analysis of variance), which give the mean difference's standard error over
+seeds and examples and, by Satterthwaite's approximation, its degrees of freedom; with several
+seeds the p-value is the two-sided t-test of the mean difference against that standard error.
+With three seeds the seed variance rests on two degrees of freedom, so where it dominates the
+test needs a large difference, as it should: a gain that one seed gives every example is not
+evidence that the loss helps. With one seed there is no seed variance to measure, and the test
+is the paired sign-flip permutation test over examples (:func:`sign_flip_p_value`): each
+example's difference is as likely positive as negative under the null, exact for exact match by
+convolution, otherwise from :data:`SIGN_FLIP_RESAMPLES` random flips (Monte Carlo standard error
+at most :data:`MONTE_CARLO_ERROR`). :func:`holm` corrects a family of p-values for multiple
+comparisons (Holm's step-down method). McNemar's exact test compares two binary metrics (exact
+match) on the same (seed, example) pairs: only the discordant pairs count, and under the null
+hypothesis each is equally likely to favour either arm.
+
+How large a difference a comparison could have seen: :func:`minimum_detectable_effect` turns the
+standard error and its degrees of freedom into the smallest true difference the test detects
+with 80% power at the level a comparison is tested at.
 """
 
 from __future__ import annotations
@@ -39,13 +41,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import convolve
-from scipy.stats import binom, binomtest, norm, permutation_test
+from scipy.stats import binom, binomtest, permutation_test
+from scipy.stats import t as student
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_ALPHA = 0.05
 DEFAULT_POWER = 0.8
-PAIRED_TEST = "paired sign-flip permutation test over examples"
+PAIRED_TEST = (
+    "t-test of the paired mean difference against its standard error over seeds and examples "
+    "(Satterthwaite's degrees of freedom); with one seed, the paired sign-flip permutation test "
+    "over examples"
+)
 # The largest Monte Carlo standard error of a sign-flip p-value, sqrt(p (1 - p) / R), reached at
 # p = 0.5: R = 0.25 / 0.005^2 = 10000 random flips keep it at most 0.005.
 MONTE_CARLO_ERROR = 0.005
@@ -73,8 +80,8 @@ class Estimate:
 @dataclass(frozen=True)
 class PairedDifference:
     """Mean of ``a - b`` over paired cells, its bootstrap interval, the two-sided p-value of
-    the sign-flip permutation test (:data:`PAIRED_TEST`), and the standard error of the mean
-    over seeds and examples (:class:`VarianceComponents`)."""
+    :func:`paired_p_value`, and the standard error of the mean over seeds and examples with its
+    degrees of freedom (:class:`VarianceComponents`)."""
 
     difference: float
     low: float
@@ -83,6 +90,7 @@ class PairedDifference:
     seeds: int
     examples: int
     standard_error: float
+    degrees_of_freedom: float
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ class VarianceComponents:
     residual: float
     seeds: int
     examples: int
+    # Of the standard error's estimate (Satterthwaite); infinite: known exactly.
+    degrees_of_freedom: float = math.inf
 
     @property
     def standard_error(self) -> float:
@@ -268,8 +278,8 @@ def paired_difference(
     """Mean of ``a - b`` (row s of ``a`` paired with row s of ``b``, column j with column j), its
     percentile interval from ``resamples`` bootstrap draws, resampling the same seeds and
     examples for both, the p-value of the paired sign-flip permutation test
-    (:func:`sign_flip_p_value`) and the standard error of the mean difference
-    (:func:`variance_components`)."""
+    (:func:`paired_p_value`) and the standard error of the mean difference with its degrees of
+    freedom (:func:`variance_components`)."""
     _check_resampling(resamples, confidence)
     first, second = as_matrix(a, "a"), as_matrix(b, "b")
     if first.shape != second.shape:
@@ -279,11 +289,40 @@ def paired_difference(
         )
     differences = first - second  # NaN where either arm has no value
     low, high = _interval(bootstrap_means(differences, resamples, seed), confidence)
-    p_value = sign_flip_p_value(differences, seed=seed)
-    error = variance_components(differences).standard_error
+    components = variance_components(differences)
     return PairedDifference(
-        _mean(differences), low, high, p_value, first.shape[0], first.shape[1], error
+        _mean(differences),
+        low,
+        high,
+        paired_p_value(differences, components, seed=seed),
+        first.shape[0],
+        first.shape[1],
+        components.standard_error,
+        components.degrees_of_freedom,
     )
+
+
+def paired_p_value(
+    differences: object, components: VarianceComponents | None = None, seed: int = 0
+) -> float:
+    """Two-sided p-value of the mean of paired ``differences`` ``[seeds, examples]`` being 0
+    (:data:`PAIRED_TEST`). With several seeds: t = mean / SE with Satterthwaite's degrees of
+    freedom, SE and both from :func:`variance_components` (``components`` if already computed),
+    so that a shift that one seed gives every example counts as noise, not as signal; a mean
+    of 0 gives 1, a nonzero mean with no variance 0. With one seed: :func:`sign_flip_p_value`."""
+    matrix = as_matrix(differences, "differences")
+    if matrix.shape[0] == 1:
+        return sign_flip_p_value(matrix, seed=seed)
+    components = components or variance_components(matrix)
+    mean = _mean(matrix[:, np.isfinite(matrix).all(axis=0)])
+    error = components.standard_error
+    if not (np.isfinite(mean) and np.isfinite(error)):
+        return float("nan")
+    if mean == 0:
+        return 1.0
+    if error == 0:
+        return 0.0
+    return float(min(1.0, 2 * student.sf(abs(mean) / error, components.degrees_of_freedom)))
 
 
 def variance_components(differences: object) -> VarianceComponents:
@@ -293,27 +332,42 @@ def variance_components(differences: object) -> VarianceComponents:
     E[MS_example] = residual + S example and E[MS_seed] = residual + n seed; negative
     estimates are set to 0. Examples with a NaN in any seed are left out. With one seed there is
     no seed variance to estimate: ``seed`` is 0, ``residual`` is 0 and ``example`` is the
-    variance of the differences, so the standard error is the usual sqrt(var / n). Fewer than
-    two examples give NaN."""
+    variance of the differences, so the standard error is the usual sqrt(var / n) with n - 1
+    degrees of freedom. Fewer than two examples give NaN.
+
+    The squared standard error is a sum of mean squares, (MS_seed + MS_example -
+    MS_residual) / (S n), less the terms of a component set to 0; its degrees of freedom are
+    Satterthwaite's: (sum of terms)^2 / sum(term^2 / the term's degrees of freedom)."""
     matrix = as_matrix(differences, "differences")
     matrix = matrix[:, np.isfinite(matrix).all(axis=0)]
     seeds, examples = matrix.shape
     if examples < 2:
         return VarianceComponents(math.nan, math.nan, math.nan, seeds, examples)
     if seeds == 1:
-        return VarianceComponents(0.0, float(np.var(matrix, ddof=1)), 0.0, 1, examples)
+        return VarianceComponents(
+            0.0, float(np.var(matrix, ddof=1)), 0.0, 1, examples, float(examples - 1)
+        )
     seed_means, example_means = matrix.mean(axis=1), matrix.mean(axis=0)
     grand = matrix.mean()
     seed_square = examples * np.sum((seed_means - grand) ** 2) / (seeds - 1)
     example_square = seeds * np.sum((example_means - grand) ** 2) / (examples - 1)
     residuals = matrix - seed_means[:, None] - example_means[None, :] + grand
     residual = float(np.sum(residuals**2) / ((seeds - 1) * (examples - 1)))
+    seed_variance = max(0.0, float(seed_square - residual) / examples)
+    example_variance = max(0.0, float(example_square - residual) / seeds)
+    cells = seeds * examples
+    terms = [  # (term of SE^2, its degrees of freedom)
+        (seed_square / cells if seed_variance > 0 else 0.0, seeds - 1),
+        (example_square / cells if example_variance > 0 else 0.0, examples - 1),
+        (
+            residual * (1 - (seed_variance > 0) - (example_variance > 0)) / cells,
+            (seeds - 1) * (examples - 1),
+        ),
+    ]
+    spread = sum(term**2 / freedom for term, freedom in terms)
+    freedom = sum(term for term, _ in terms) ** 2 / spread if spread > 0 else math.inf
     return VarianceComponents(
-        max(0.0, float(seed_square - residual) / examples),
-        max(0.0, float(example_square - residual) / seeds),
-        residual,
-        seeds,
-        examples,
+        seed_variance, example_variance, residual, seeds, examples, float(freedom)
     )
 
 
@@ -322,23 +376,24 @@ def minimum_detectable_effect(
     family_size: int = 1,
     alpha: float = DEFAULT_ALPHA,
     power: float = DEFAULT_POWER,
+    degrees_of_freedom: float = math.inf,
 ) -> float:
-    """The smallest true difference that a two-sided test at level ``alpha / family_size``
-    detects with probability ``power``, for a mean difference with this standard error and a
-    normal distribution: (z(1 - alpha / (2 m)) + z(power)) x SE, m = ``family_size``.
+    """The smallest true difference that a two-sided t-test at level ``alpha / family_size``
+    detects with probability ``power``, for a mean difference with this standard error of
+    ``degrees_of_freedom``: (t(1 - alpha / (2 m)) + t(power)) x SE, m = ``family_size``
+    (the normal quantiles where the degrees of freedom are infinite).
 
     For a comparison in a Holm family of m, alpha / m is the level of Holm's first (strictest)
     step, so the effect is conservative for every comparison but the family's smallest p.
-    ``standard_error`` should carry the seed variance (:class:`VarianceComponents`). The
-    sign-flip test does not (it treats a shift that one seed gives every example as signal), so
-    where seeds vary it rejects an effect this large more often than ``power`` says, and a true
-    null more often than ``alpha`` says."""
+    ``standard_error`` should carry the seed variance (:class:`VarianceComponents`), as
+    :func:`paired_p_value` does."""
     if family_size < 1:
         raise ValueError(f"family_size must be >= 1, got {family_size}")
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError(f"alpha and power must be in (0, 1), got {alpha} and {power}")
     level = alpha / family_size
-    return float((norm.ppf(1 - level / 2) + norm.ppf(power)) * standard_error)
+    quantiles = student.ppf([1 - level / 2, power], degrees_of_freedom)
+    return float(quantiles.sum() * standard_error)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

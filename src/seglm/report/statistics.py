@@ -154,7 +154,9 @@ def _correct_for_multiple_comparisons(results: list[ArmStats], metrics: Sequence
                     continue
                 tested = member.arm != BASE and np.isfinite(difference.p_value)
                 comparison.mde[metric] = minimum_detectable_effect(
-                    difference.standard_error, size if tested else 1
+                    difference.standard_error,
+                    size if tested else 1,
+                    degrees_of_freedom=difference.degrees_of_freedom,
                 )
 
 
@@ -182,7 +184,15 @@ def headline(stats: list[ArmStats], roles: dict[str, str]) -> Headline | None:
     best = max(candidates, key=lambda s: s.estimates["exact_match"].mean)
     absolute = best.versus_ce.get("exact_match")
     p_bonferroni = min(1.0, absolute.p_value * len(candidates)) if absolute else None
-    mde = minimum_detectable_effect(absolute.standard_error, len(candidates)) if absolute else None
+    mde = (
+        minimum_detectable_effect(
+            absolute.standard_error,
+            len(candidates),
+            degrees_of_freedom=absolute.degrees_of_freedom,
+        )
+        if absolute
+        else None
+    )
     ce_em, best_em = ce.estimates["exact_match"].mean, best.estimates["exact_match"].mean
     return Headline(
         best.arm,
