@@ -310,7 +310,7 @@ def headline_text(result: Headline | None) -> str:
         lines.append(
             f"- Absolute difference: **{_percent(absolute.difference, True)} points** "
             f"(95% CI [{_percent(absolute.low, True)}, {_percent(absolute.high, True)}]), "
-            f"permutation-test p = {_p_text(absolute.p_value)}; Bonferroni-corrected for "
+            f"paired p = {_p_text(absolute.p_value)}; Bonferroni-corrected for "
             f"picking the best of {result.compared}: p = {_p_text(result.p_bonferroni)}; "
             f"minimum detectable effect at that level: {_mde_text(result.mde)} points."
         )
