@@ -375,7 +375,13 @@ def test_the_report_test_with_one_seed_is_the_sign_flip_test_and_otherwise_a_t_t
     statistic = several.mean() / components.standard_error
     expected = 2 * student.sf(abs(statistic), components.degrees_of_freedom)
     assert paired_p_value(several) == pytest.approx(expected)
-    assert paired_difference(several, np.zeros((3, 40))).p_value == pytest.approx(expected)
+    result = paired_difference(several, np.zeros((3, 40)))
+    assert result.p_value == pytest.approx(expected)
+    # The interval is the test's: mean +- t(0.975) x SE on the same degrees of freedom.
+    half = student.ppf(0.975, components.degrees_of_freedom) * components.standard_error
+    assert (result.low, result.high) == pytest.approx(
+        (several.mean() - half, several.mean() + half)
+    )
     assert paired_p_value(np.zeros((3, 5))) == 1.0
     assert paired_p_value(np.full((3, 5), 0.2)) < 1e-12
 

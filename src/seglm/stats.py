@@ -8,9 +8,10 @@ resamples both: seeds with replacement and, independently, examples with replace
 the mean over the resampled (seed, example) cells. With one seed it is the ordinary bootstrap over
 examples.
 
-A paired comparison of two arms uses the *same* resampled seeds and examples for both (seed s of
-one arm is paired with seed s of the other: same data order, same evaluation set), so the
-difference's interval is not inflated by how hard the examples are.
+A paired comparison of two arms pairs seed s of one arm with seed s of the other (same data
+order, same evaluation set) and example j with example j, so the difference's interval is not
+inflated by how hard the examples are. With several seeds that interval is the t-interval of
+the test below (mean +- t x SE); with one, the bootstrap over examples.
 
 Its p-value (:func:`paired_p_value`, :data:`PAIRED_TEST`) must count both sources of noise too.
 :func:`variance_components` splits the paired differences into a seed, an example and a residual
@@ -276,10 +277,13 @@ def paired_difference(
     seed: int = 0,
 ) -> PairedDifference:
     """Mean of ``a - b`` (row s of ``a`` paired with row s of ``b``, column j with column j), its
-    percentile interval from ``resamples`` bootstrap draws, resampling the same seeds and
-    examples for both, the p-value of the paired sign-flip permutation test
-    (:func:`paired_p_value`) and the standard error of the mean difference with its degrees of
-    freedom (:func:`variance_components`)."""
+    interval, the p-value of :func:`paired_p_value` and the standard error of the mean
+    difference with its degrees of freedom (:func:`variance_components`).
+
+    The interval agrees with the test: with several seeds it is mean +- t x SE on the test's
+    degrees of freedom (a percentile bootstrap that resamples three seeds is too narrow: three
+    values drawn with replacement spread two thirds as much as the seeds do); with one seed it is
+    the percentile interval of ``resamples`` bootstrap draws of the examples."""
     _check_resampling(resamples, confidence)
     first, second = as_matrix(a, "a"), as_matrix(b, "b")
     if first.shape != second.shape:
@@ -288,10 +292,16 @@ def paired_difference(
             f"{second.shape}"
         )
     differences = first - second  # NaN where either arm has no value
-    low, high = _interval(bootstrap_means(differences, resamples, seed), confidence)
     components = variance_components(differences)
+    mean = _mean(differences)
+    if first.shape[0] > 1:
+        quantile = student.ppf(1 - (1 - confidence) / 2, components.degrees_of_freedom)
+        half_width = float(quantile * components.standard_error)
+        low, high = mean - half_width, mean + half_width
+    else:
+        low, high = _interval(bootstrap_means(differences, resamples, seed), confidence)
     return PairedDifference(
-        _mean(differences),
+        mean,
         low,
         high,
         paired_p_value(differences, components, seed=seed),
