@@ -129,11 +129,17 @@ def _skipped(plan: CellPlan) -> CellOutcome:
     return CellOutcome(plan.cell, "skipped", 0.0)
 
 
+# Seconds to wait for the folder of a cell whose worker died (see record_failure).
+DEAD_WORKER_WAIT = 10.0
+
+
 def record_failure(cell: Cell, folder: Path, text: str, started: float) -> CellOutcome:
     """The cell's error.txt (its last line is the summary row's error) and its outcome."""
     if is_main_process():
-        # Held already when the failure is this process's; another process may hold it now.
-        with contextlib.suppress(FolderError), hold(folder, "grid cell"):
+        # Held already when the failure is this process's. A worker that just died may hold it
+        # until the system has reaped it (a moment, longer on a loaded machine); another live
+        # process may hold it for good: wait a little, then leave the error to the summary.
+        with contextlib.suppress(FolderError), hold(folder, "grid cell", wait=DEAD_WORKER_WAIT):
             write_owned(folder, CELL_ERROR_FILE, text)
     lines = text.strip().splitlines()
     return CellOutcome(cell, "failed", time.perf_counter() - started, lines[-1] if lines else None)
