@@ -80,7 +80,8 @@ class Estimate:
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Mean of ``a - b`` over paired cells, its bootstrap interval, the two-sided p-value of
+    """Mean of ``a - b`` over paired cells, its interval (:func:`paired_difference`), the
+    two-sided p-value of
     :func:`paired_p_value`, and the standard error of the mean over seeds and examples with its
     degrees of freedom (:class:`VarianceComponents`)."""
 
